@@ -1,0 +1,52 @@
+"""bitnet_export: train BitNet-style low-bit models in PyTorch, ship them to ONNX Runtime and LiteRT.
+
+Pipeline (one folder per stage)::
+
+    layers/, quant/, training/   BitNetLayer: quantize in forward, train with STE, record params
+"""
+
+from bitnet_export._version import __version__
+from bitnet_export.errors import (
+    BitNetExportError,
+    ExportError,
+    InternalError,
+    NotCalibratedError,
+    QuantConfigError,
+)
+from bitnet_export.layers.bitnet import BitNetLayer
+from bitnet_export.quant.params import ActivationQuantParams, LayerQuantParams, WeightQuantParams
+from bitnet_export.training import (
+    GradualQuantization,
+    LayerStats,
+    bitnet_layers,
+    calibrate,
+    calibration,
+    configure_model,
+    convert_to_bitnet,
+    format_statistics,
+    layer_statistics,
+    name_layers,
+)
+
+__all__ = [
+    "ActivationQuantParams",
+    "BitNetExportError",
+    "BitNetLayer",
+    "ExportError",
+    "GradualQuantization",
+    "InternalError",
+    "LayerQuantParams",
+    "LayerStats",
+    "NotCalibratedError",
+    "QuantConfigError",
+    "WeightQuantParams",
+    "__version__",
+    "bitnet_layers",
+    "calibrate",
+    "calibration",
+    "configure_model",
+    "convert_to_bitnet",
+    "format_statistics",
+    "layer_statistics",
+    "name_layers",
+]

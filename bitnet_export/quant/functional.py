@@ -1,0 +1,149 @@
+"""The quantizer formulas, as pure functions on (detached) torch tensors.
+
+Each weight quantizer returns ``(codes, scale)`` with integer-valued float32 ``codes`` of the
+weight's shape and a float32 ``scale`` of shape ``[out, 1]`` (per channel) or ``[1, 1]``
+(per tensor), so that the dequantized weight is ``codes * scale``. Rounding is
+``torch.round``: round half to even, as ONNX ``QuantizeLinear`` and ``Round``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bitnet_export.quant.params import Granularity
+
+__all__ = [
+    "activation_qrange",
+    "dequantize_static",
+    "quantize_dynamic_per_token",
+    "quantize_static",
+    "quantize_weight",
+    "quantize_weight_binary",
+    "quantize_weight_int",
+    "quantize_weight_ternary",
+    "static_qparams",
+    "weight_qrange",
+]
+
+
+def _reduce_abs_mean(w: torch.Tensor, granularity: Granularity) -> torch.Tensor:
+    if granularity == "per_channel":
+        return w.abs().mean(dim=1, keepdim=True)
+    return w.abs().mean().reshape(1, 1)
+
+
+def quantize_weight_ternary(
+    w: torch.Tensor, eps: float, granularity: Granularity = "per_tensor"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BitNet b1.58 absmean quantizer.
+
+    ``s = max(mean(|W|), eps)``, ``Wq = clip(round(W / s), -1, 1)``, ``W ~= Wq * s``.
+    """
+    scale = _reduce_abs_mean(w, granularity).clamp_min(eps)
+    codes = torch.clamp(torch.round(w / scale), -1.0, 1.0)
+    return codes, scale
+
+
+def quantize_weight_binary(
+    w: torch.Tensor, eps: float, granularity: Granularity = "per_tensor"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BitNet (2023) binary quantizer.
+
+    ``Wq = sign(W - mean(W))`` with ``sign(v) = +1 if v > 0 else -1`` (the paper's Sign, never
+    0), scale ``beta = mean(|W|)``. ``eps`` is unused: there is no division, and an all-zero
+    weight gives ``beta = 0`` and therefore an all-zero dequantized weight.
+    """
+    del eps  # no division in this quantizer
+    centre = w.mean(dim=1, keepdim=True) if granularity == "per_channel" else w.mean().reshape(1, 1)
+    codes = torch.where(w - centre > 0, 1.0, -1.0).to(w.dtype)
+    scale = _reduce_abs_mean(w, granularity)
+    return codes, scale
+
+
+def quantize_weight_int(
+    w: torch.Tensor, bits: int, eps: float, granularity: Granularity = "per_channel"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric absmax k-bit quantizer.
+
+    ``qmax = 2^(k-1) - 1``, ``s = max(max|W|, eps) / qmax``, ``Wq = clip(round(W / s), -qmax, qmax)``.
+    """
+    qmax = float(2 ** (bits - 1) - 1)
+    if granularity == "per_channel":
+        absmax = w.abs().amax(dim=1, keepdim=True)
+    else:
+        absmax = w.abs().amax().reshape(1, 1)
+    scale = absmax.clamp_min(eps) / qmax
+    codes = torch.clamp(torch.round(w / scale), -qmax, qmax)
+    return codes, scale
+
+
+def weight_qrange(precision: float | int) -> tuple[int, int]:
+    """Integer range ``(qmin, qmax)`` of the codes of a weight precision."""
+    if precision in (1.58, 1):
+        return -1, 1
+    qmax = 2 ** (int(precision) - 1) - 1
+    return -qmax, qmax
+
+
+def quantize_weight(
+    w: torch.Tensor, precision: float | int, eps: float, granularity: Granularity
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dispatch to the quantizer of ``precision`` (1.58, 1, 2, 4, 8)."""
+    if precision == 1.58:
+        return quantize_weight_ternary(w, eps, granularity)
+    if precision == 1:
+        return quantize_weight_binary(w, eps, granularity)
+    return quantize_weight_int(w, int(precision), eps, granularity)
+
+
+def activation_qrange(bits: int) -> tuple[int, int]:
+    """Signed integer range of ``bits``-bit activations: ``(-2^(b-1), 2^(b-1)-1)``."""
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+def quantize_dynamic_per_token(x: torch.Tensor, bits: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """BitNet per-token absmax activation quantizer.
+
+    ``gamma = qmax / max(max|x|, eps)`` over the last dim, ``q = clip(round(x * gamma), qmin, qmax)``.
+
+    Returns:
+        ``(codes, gamma)``; ``x ~= codes / gamma``. ``gamma`` keeps the last dim as size 1.
+    """
+    qmin, qmax = activation_qrange(bits)
+    absmax = x.abs().amax(dim=-1, keepdim=True).clamp_min(eps)
+    gamma = qmax / absmax
+    codes = torch.clamp(torch.round(x * gamma), qmin, qmax)
+    return codes, gamma
+
+
+def static_qparams(lo: float, hi: float, bits: int, symmetric: bool, eps: float) -> tuple[float, int]:
+    """Scale and zero point of a static per-tensor range (float32 arithmetic).
+
+    Symmetric: ``scale = max(max(|lo|, |hi|), eps) / qmax``, zero point 0.
+    Asymmetric (TFLite int8 activations): the range is widened to contain 0,
+    ``scale = max(hi - lo, eps) / (qmax - qmin)``, ``zp = clip(qmin - round(lo / scale), qmin, qmax)``.
+    """
+    qmin, qmax = activation_qrange(bits)
+    lo_t = torch.tensor(lo, dtype=torch.float32)
+    hi_t = torch.tensor(hi, dtype=torch.float32)
+    if symmetric:
+        absmax = torch.maximum(lo_t.abs(), hi_t.abs()).clamp_min(eps)
+        return float(absmax / qmax), 0
+    lo_t = torch.clamp(lo_t, max=0.0)
+    hi_t = torch.clamp(hi_t, min=0.0)
+    scale = (hi_t - lo_t).clamp_min(eps) / float(qmax - qmin)
+    zp = int(torch.clamp(qmin - torch.round(lo_t / scale), qmin, qmax))
+    return float(scale), zp
+
+
+def quantize_static(x: torch.Tensor, scale: float, zero_point: int, bits: int) -> torch.Tensor:
+    """ONNX ``QuantizeLinear`` semantics: ``clip(round(x / scale) + zp, qmin, qmax)`` (codes as float)."""
+    qmin, qmax = activation_qrange(bits)
+    s = torch.tensor(scale, dtype=torch.float32)
+    return torch.clamp(torch.round(x / s) + zero_point, qmin, qmax)
+
+
+def dequantize_static(codes: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """ONNX ``DequantizeLinear`` semantics: ``(q - zp) * scale``."""
+    s = torch.tensor(scale, dtype=torch.float32)
+    return (codes - zero_point) * s

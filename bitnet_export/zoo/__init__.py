@@ -1,0 +1,1 @@
+"""Small example models shipped with the package (the default demo and test models)."""
