@@ -19,6 +19,7 @@ reloads bit-identically, even into a layer built with default options.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Final
 
 import torch
@@ -129,6 +130,9 @@ class BitNetLayer(nn.Module):
         self.register_buffer("calibrated", torch.tensor(False))
         self._ctx: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Size] | None
         self._ctx = None
+        #: Set by bitnet_export.capture while a model is being exported: the forward then
+        #: emits one ``bitnet_export::bitlinear`` node carrying this recorded config.
+        self._capture_config: str | None = None
         if options:
             self.configure_quantization(**options)
 
@@ -421,18 +425,26 @@ class BitNetLayer(nn.Module):
             NotCalibratedError: static mode, not calibrated and not calibrating.
         """
         self._check_input(x)
+        if self._capture_config is not None:
+            op = torch.ops.bitnet_export.bitlinear
+            return op(x, self.weight_q, self.weight_scale, self.bias, self._capture_config)
         x = x.float() if x.dtype != torch.float32 else x
         blend = self.blend if self.enabled else 0.0
         x_factor: torch.Tensor | None = None
+        exact: Callable[[], torch.Tensor] | None = None  # the integer form, for inference
         if blend == 0.0:
             w_used: torch.Tensor = self.weight
             x_used = x
         else:
             codes, scale = self.quantize_weight()
             w_used = _ste(self.weight, codes * scale, blend, None)
+            xd = x.detach()
             if self.activation_mode == "dynamic":
-                xc, gamma = qf.quantize_dynamic_per_token(x.detach(), self.activation_bits, self.eps)
+                xc, gamma = qf.quantize_dynamic_per_token(xd, self.activation_bits, self.eps)
                 x_used = _ste(x, xc / gamma, blend, None)
+                exact = lambda: qf.linear_dynamic_int(  # noqa: E731
+                    xd, codes, scale, self.bias, self.activation_bits, self.eps
+                )
             elif self.calibrating:
                 if not bool(torch.isfinite(x).all()):
                     raise ValueError(
@@ -443,14 +455,25 @@ class BitNetLayer(nn.Module):
             else:
                 self._require_calibrated("forward")
                 s, zp = self._static_qparams(self.input_observer)
-                xc = qf.quantize_static(x.detach(), s, zp, self.activation_bits)
+                xc = qf.quantize_static(xd, s, zp, self.activation_bits)
                 qmin, qmax = qf.activation_qrange(self.activation_bits)
                 # clipped STE: no gradient where the input saturated (code at qmin/qmax
                 # while the unclipped code lies beyond it)
-                unclipped = torch.round(x.detach() / torch.tensor(s)) + zp
+                unclipped = torch.round(xd / torch.tensor(s)) + zp
                 x_factor = ((unclipped >= qmin) & (unclipped <= qmax)).to(x.dtype)
                 x_used = _ste(x, qf.dequantize_static(xc, s, zp), blend, x_factor)
-        y = F.linear(x_used, w_used, self.bias)
+                exact = lambda: qf.linear_static_int(  # noqa: E731
+                    xd, codes, scale, self.bias, s, zp, self.activation_bits
+                )
+        wants_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        if exact is not None and blend == 1.0 and not (self.training and wants_grad):
+            # inference: the integer form, computed in the exported graphs' order
+            y = exact()
+            if wants_grad:  # eval mode with autograd on: keep the STE gradient
+                y_float = F.linear(x_used, w_used, self.bias)
+                y = y.detach() + (y_float - y_float.detach())
+        else:
+            y = F.linear(x_used, w_used, self.bias)
         if self.calibrating and self.activation_mode == "static" and blend != 0.0:
             self.output_observer.observe(y)
         self._ctx = (x_used.detach(), w_used.detach(), x_factor, x.shape)

@@ -147,3 +147,55 @@ def dequantize_static(codes: torch.Tensor, scale: float, zero_point: int) -> tor
     """ONNX ``DequantizeLinear`` semantics: ``(q - zp) * scale``."""
     s = torch.tensor(scale, dtype=torch.float32)
     return (codes - zero_point) * s
+
+
+def integer_matmul(qx: torch.Tensor, qw: torch.Tensor) -> torch.Tensor:
+    """Exact ``qx @ qw^T`` of integer-valued tensors, returned as float32.
+
+    Float32 sums of integers are exact below 2^24; above that bound the product is taken in
+    float64 (exact to 2^53) and rounded once to float32, as ONNX ``Cast(int32 -> float)`` does.
+    """
+    k = qx.shape[-1]
+    bound = k * float(qx.abs().max() if qx.numel() else 0) * float(qw.abs().max() if qw.numel() else 0)
+    if bound < 2**24:
+        return torch.matmul(qx, qw.t())
+    return torch.matmul(qx.double(), qw.double().t()).float()
+
+
+def linear_dynamic_int(
+    x: torch.Tensor,
+    w_codes: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    bits: int,
+    eps: float,
+) -> torch.Tensor:
+    """BitNet linear in integer form: ``y = (q_x @ Wq^T) / gamma * s_w + bias``.
+
+    This is the exact computation order of the ONNX lowering (``MatMulInteger``, ``Cast``,
+    ``Div`` by gamma, ``Mul`` by the weight scale, ``Add`` bias), so inference in PyTorch and in
+    ONNX Runtime produce the same float32 values.
+    """
+    codes, gamma = quantize_dynamic_per_token(x, bits, eps)
+    y = integer_matmul(codes, w_codes) / gamma * w_scale.reshape(-1)
+    return y if bias is None else y + bias
+
+
+def linear_static_int(
+    x: torch.Tensor,
+    w_codes: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    scale: float,
+    zero_point: int,
+    bits: int,
+) -> torch.Tensor:
+    """Static-activation linear in integer form: ``y = ((q_x - zp) @ Wq^T) * (s_x * s_w) + bias``.
+
+    The order of ONNX Runtime's ``MatMulIntegerToFloat`` (int32 accumulator, one multiply by
+    the combined float32 scale, then the bias).
+    """
+    codes = quantize_static(x, scale, zero_point, bits) - zero_point
+    combined = torch.tensor(scale, dtype=torch.float32) * w_scale.reshape(-1)
+    y = integer_matmul(codes, w_codes) * combined
+    return y if bias is None else y + bias

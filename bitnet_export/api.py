@@ -1,0 +1,204 @@
+"""The Python API: ``export_onnx`` and ``verify``. The CLI is a thin layer over these."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bitnet_export.backends.onnx.lower_bitlinear import WEIGHT_MODES, lower_bitlinear_nodes
+from bitnet_export.backends.onnx.writer import save_onnx
+from bitnet_export.capture.bitlinear_op import is_bitlinear, read_bitlinear
+from bitnet_export.capture.capture import capture
+from bitnet_export.errors import ExportError
+from bitnet_export.parity.engine import run_parity, seeded_inputs
+from bitnet_export.parity.report import ParityReport, Tolerance
+from bitnet_export.passes.annotate import annotate
+from runtimes.protocol import RuntimeAdapter
+
+__all__ = ["ExportResult", "export_onnx", "verify"]
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What an export wrote.
+
+    Attributes:
+        path: the model file.
+        format: ``"onnx"``.
+        size_bytes: bytes on disk (model file plus external data).
+        weights: weight storage mode.
+        opset: default-domain opset.
+        input_names: graph input names.
+        output_names: graph output names.
+        layers: one summary per BitNetLayer (module path, precision, mode, storage, bytes, ops).
+        external_data: the external data file, if any.
+        seconds: wall time of the export.
+    """
+
+    path: Path
+    format: str
+    size_bytes: int
+    weights: str
+    opset: int
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    layers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    external_data: Path | None = None
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """A short human-readable summary."""
+        lines = [
+            f"wrote {self.path} ({self.size_bytes / 1e6:.3f} MB, {self.format}, weights={self.weights}, "
+            f"opset {self.opset}, {self.seconds:.1f} s)"
+        ]
+        for layer in self.layers:
+            lines.append(
+                f"  {layer['module_path']:<20} precision={layer['precision']!s:<5} "
+                f"act={layer['activation_mode']:<8} weight bytes={layer['weight_bytes']}"
+            )
+        return "\n".join(lines)
+
+
+def _as_tuple(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    return tuple(example_inputs)
+
+
+def _progress(enabled: bool) -> Callable[[str], None]:
+    start = time.perf_counter()
+
+    def say(msg: str) -> None:
+        if enabled:
+            print(f"[{time.perf_counter() - start:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def _output_scales(hub: Any) -> dict[str, list[float]]:
+    """LSB of each graph output produced directly by a static BitLinear: ``s_x * s_w[c]``."""
+    outputs = {v.name for v in hub.graph.outputs}
+    scales: dict[str, list[float]] = {}
+    for node in hub.graph:
+        if is_bitlinear(node) and node.outputs[0].name in outputs:
+            p = read_bitlinear(node)
+            if p.input.mode == "static" and p.input.scale is not None:
+                s = np.float32(p.input.scale) * np.broadcast_to(p.weight.scale, (p.out_features,))
+                scales[str(node.outputs[0].name)] = [float(v) for v in s]
+    return scales
+
+
+def export_onnx(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    path: str | Path,
+    weights: str = "int8",
+    *,
+    opset: int | None = None,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    dynamic_batch: bool = True,
+    external_data: bool | None = None,
+    progress: bool = False,
+) -> ExportResult:
+    """Export ``model`` to an ONNX QDQ / integer graph.
+
+    Args:
+        model: a model with BitNetLayers (and any standard modules).
+        example_inputs: one tensor or a tuple of positional inputs.
+        path: the ``.onnx`` file to write (atomically: nothing is left on failure).
+        weights: weight storage: ``int8``, ``int4`` (opset 21), ``int2`` (opset 25) or
+            ``matmulnbits`` (ORT's 2/4-bit contrib op, dynamic activations only).
+        opset: default-domain opset; 21, or 25 for ``int2``.
+        input_names: graph input names.
+        output_names: graph output names.
+        dynamic_batch: keep the first dimension of the inputs free.
+        external_data: weights in a ``.data`` side file (``None``: only above ~1.8 GB).
+        progress: print progress steps to stderr.
+
+    Returns:
+        An :class:`ExportResult`.
+
+    Raises:
+        ExportError: naming the module, op, stage and fix. No file is written.
+    """
+    t0 = time.perf_counter()
+    if weights not in WEIGHT_MODES:
+        raise ExportError(f"export_onnx: weights={weights!r}; choose one of {', '.join(WEIGHT_MODES)}")
+    if opset is None:
+        opset = 25 if weights == "int2" else 21
+    if weights == "int2" and opset < 25:
+        raise ExportError(f"export_onnx: weights='int2' needs opset >= 25 (INT2), got opset={opset}")
+    say = _progress(progress)
+    captured = capture(
+        model,
+        _as_tuple(example_inputs),
+        opset=opset,
+        input_names=input_names,
+        output_names=output_names,
+        dynamic_batch=dynamic_batch,
+        log=say,
+    )
+    hub = captured.model
+    scales = _output_scales(hub)
+    say(f"lowering {len(captured.layers)} BitNetLayer(s) with weights={weights}")
+    layers = lower_bitlinear_nodes(hub, weights)
+    annotate(hub, captured.layers, {"weights": weights, "output_scales": scales})
+    say(f"writing {path}")
+    path = Path(path)
+    data = save_onnx(hub, path, external_data=external_data)
+    size = path.stat().st_size + (data.stat().st_size if data else 0)
+    return ExportResult(
+        path=path,
+        format="onnx",
+        size_bytes=size,
+        weights=weights,
+        opset=opset,
+        input_names=captured.input_names,
+        output_names=captured.output_names,
+        layers=tuple(layers),
+        external_data=data,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def verify(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    path: str | Path,
+    targets: Sequence[str | RuntimeAdapter] = ("ort-cpu",),
+    *,
+    inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    seed: int = 0,
+    tolerance: Tolerance | None = None,
+) -> ParityReport:
+    """Run the parity engine: PyTorch vs every target on the same inputs.
+
+    Args:
+        model: the model the file was exported from.
+        example_inputs: used for the shapes (and mean/spread) of seeded inputs.
+        path: the exported file.
+        targets: runtime targets (``"ort-cpu"``) or adapter objects.
+        inputs: user data to use instead of seeded random inputs.
+        seed: seed of the random inputs.
+        tolerance: override the explicit per-mode tolerance.
+
+    Returns:
+        The :class:`ParityReport` (``.passed``, ``.format_table()``, ``.to_json()``).
+    """
+    if inputs is not None:
+        used = _as_tuple(inputs)
+        desc: dict[str, Any] = {"source": "user data"}
+    else:
+        used = seeded_inputs(_as_tuple(example_inputs), seed)
+        desc = {"source": "seeded random, like example_inputs", "seed": seed}
+    return run_parity(model, Path(path), used, targets, tolerance, desc)

@@ -1,0 +1,1 @@
+"""Backends: the hub (ONNX IR) -> a file format (ONNX, TFLite)."""

@@ -1,0 +1,296 @@
+"""Lower ``bitnet_export.BitLinear`` hub nodes to standard ONNX (QDQ / integer) patterns.
+
+One function per mode, numerics commented. Every emitted node is named ``<module path>/<Op>``
+and every initializer ``<module path>.<role>``, so a graph viewer shows the user's model.
+
+Weight storage (``weights=``): ``int8``, ``int4`` (opset 21), ``int2`` (opset 25), each packed
+low bits first by onnx_ir, and ``matmulnbits`` (ORT contrib op). For the ``int4``/``int2``
+storage, a ``Cast`` to int8 sits after the packed initializer: ONNX Runtime constant-folds it at
+session start, so the file is small and the integer kernels see int8 (measured: the Cast
+disappears from ORT's optimized graph).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final, Literal
+
+import ml_dtypes
+import numpy as np
+import onnx_ir as ir
+
+from bitnet_export.capture.bitlinear_op import is_bitlinear, read_bitlinear
+from bitnet_export.errors import ExportError
+from bitnet_export.quant.params import LayerQuantParams
+
+__all__ = ["WEIGHT_MODES", "WeightMode", "lower_bitlinear_nodes", "matmulnbits_block_size"]
+
+WeightMode = Literal["int8", "int4", "int2", "matmulnbits"]
+WEIGHT_MODES: Final[tuple[str, ...]] = ("int8", "int4", "int2", "matmulnbits")
+#: ORT contrib domain (MatMulNBits).
+MS_DOMAIN: Final = "com.microsoft"
+
+_STORAGE_RANGE = {"int8": (-128, 127), "int4": (-8, 7), "int2": (-2, 1)}
+_STORAGE_DTYPE = {
+    "int8": (np.int8, ir.DataType.INT8),
+    "int4": (ml_dtypes.int4, ir.DataType.INT4),
+    "int2": (ml_dtypes.int2, ir.DataType.INT2),
+}
+
+
+class _Emitter:
+    """Builds the replacement of one BitLinear node, naming everything after the module."""
+
+    def __init__(self, graph: ir.Graph, path: str) -> None:
+        self.graph = graph
+        self.path = path or "bitlinear"
+        self.nodes: list[ir.Node] = []
+
+    def const(self, role: str, array: np.ndarray, dtype: ir.DataType | None = None) -> ir.Value:
+        name = f"{self.path}.{role}"
+        tensor = ir.Tensor(array, dtype=dtype, name=name) if dtype else ir.tensor(array, name=name)
+        value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype))
+        value.const_value = tensor
+        self.graph.register_initializer(value)
+        return value
+
+    def op(
+        self,
+        op_type: str,
+        inputs: list[ir.Value | None],
+        domain: str = "",
+        out: str | None = None,
+        **attrs: object,
+    ) -> ir.Value:
+        node = ir.node(
+            op_type,
+            inputs,
+            attributes=attrs,  # type: ignore[arg-type]
+            domain=domain,
+            name=f"{self.path}/{out or op_type}",
+        )
+        node.outputs[0].name = f"{self.path}/{out or op_type}:0"
+        self.nodes.append(node)
+        return node.outputs[0]
+
+
+def _weight_int8(em: _Emitter, p: LayerQuantParams, storage: str) -> ir.Value:
+    """The transposed weight ``[K, N]`` as an int8 value, stored as ``storage``."""
+    lo, hi = _STORAGE_RANGE[storage]
+    codes = p.weight.values
+    if codes.min() < lo or codes.max() > hi:
+        raise ExportError(
+            f"layer {p.module_path!r} (BitNetLayer, precision={p.weight.precision}): weight codes "
+            f"span {int(codes.min())}..{int(codes.max())}, which {storage} storage ({lo}..{hi}) "
+            f"cannot hold; use weights='int8' or a precision that fits (int4: <= 4, int2: ternary, "
+            "binary or 2)"
+        )
+    np_dtype, ir_dtype = _STORAGE_DTYPE[storage]
+    w_t = np.ascontiguousarray(codes.T).astype(np_dtype)
+    if storage == "int8":
+        return em.const("weight_q", w_t)
+    packed = em.const("weight_q", w_t, ir_dtype)
+    # Cast(INTk -> INT8) of an initializer: folded by ORT at load time (file stays packed).
+    return em.op("Cast", [packed], out="weight_int8", to=ir.DataType.INT8)
+
+
+def _weight_scale(em: _Emitter, p: LayerQuantParams) -> ir.Value:
+    s = p.weight.scale.astype(np.float32)
+    return em.const("weight_scale", s if p.weight.granularity == "per_channel" else s.reshape(()))
+
+
+def _add_bias(em: _Emitter, y: ir.Value, p: LayerQuantParams) -> ir.Value:
+    if p.bias is None:
+        return y
+    return em.op("Add", [y, em.const("bias", p.bias.astype(np.float32))], out="AddBias")
+
+
+def lower_static(em: _Emitter, x: ir.Value, p: LayerQuantParams, storage: str) -> ir.Value:
+    """Static per-tensor activations: QDQ around a float MatMul, fused by ORT.
+
+    ``xq = QuantizeLinear(x, s_x, zp_x)``: ``saturate(round_half_even(x / s_x) + zp_x)`` in int8,
+    exactly BitNetLayer's ``quantize_static``; sub-8-bit activations add an int8 ``Clip`` to
+    ``qmin..qmax``. The weight is ``DequantizeLinear(Wq^T, s_w, axis=1)`` (per output channel)
+    or with a scalar scale (per tensor). ORT fuses ``DQ(x) @ DQ(W)`` into
+    ``MatMulIntegerToFloat``: int32 accumulation of ``(xq - zp_x) * Wq``, then one float
+    multiply by ``s_x * s_w[c]`` (exact integer maths, tested against numpy).
+    """
+    a = p.input
+    assert a.scale is not None and a.zero_point is not None  # guaranteed by pre-flight
+    s_x = em.const("input_scale", np.array(a.scale, dtype=np.float32))
+    zp_x = em.const("input_zero_point", np.array(a.zero_point, dtype=np.int8))
+    xq = em.op("QuantizeLinear", [x, s_x, zp_x], out="QuantizeInput")
+    if (a.qmin, a.qmax) != (-128, 127):
+        lo = em.const("input_qmin", np.array(a.qmin, dtype=np.int8))
+        hi = em.const("input_qmax", np.array(a.qmax, dtype=np.int8))
+        xq = em.op("Clip", [xq, lo, hi], out="ClipInput")
+    xd = em.op("DequantizeLinear", [xq, s_x, zp_x], out="DequantizeInput")
+    w = _weight_int8(em, p, storage)
+    s_w = _weight_scale(em, p)
+    if p.weight.granularity == "per_channel":
+        wd = em.op("DequantizeLinear", [w, s_w], out="DequantizeWeight", axis=1)
+    else:
+        wd = em.op("DequantizeLinear", [w, s_w], out="DequantizeWeight")
+    y = em.op("MatMul", [xd, wd])
+    return _add_bias(em, y, p)
+
+
+def lower_dynamic(em: _Emitter, x: ir.Value, p: LayerQuantParams, storage: str) -> ir.Value:
+    """BitNet per-token activations, as an explicit exact integer pattern.
+
+    Same float ops in the same order as ``quantize_dynamic_per_token``:
+    ``m = max(ReduceMax(|x|, last axis), eps)``, ``gamma = qmax / m``,
+    ``q = Clip(Round(x * gamma), qmin, qmax)`` (Round is half-to-even, like ``torch.round``).
+    The codes are shifted to uint8 with zero point 128 (``q + 128`` is exact in float and in
+    ``0..255``): ORT's u8 x s8 ``MatMulInteger`` kernel is ~7x faster than fp32 at batch 1, the
+    s8 x s8 one ~8x slower. ``acc`` is the exact int32 ``q @ Wq^T``; then
+    ``y = acc / gamma * s_w`` (+ bias), which equals PyTorch's ``(q / gamma) @ (Wq * s_w)^T`` up to
+    float32 summation order (<= 1e-5 relative, tested).
+    """
+    a = p.input
+    absx = em.op("Abs", [x])
+    axes = em.const("reduce_axes", np.array([-1], dtype=np.int64))
+    m = em.op("ReduceMax", [absx, axes], out="RowAbsMax", keepdims=1)
+    m = em.op("Max", [m, em.const("eps", np.array(a.eps, dtype=np.float32))], out="ClampEps")
+    gamma = em.op("Div", [em.const("qmax", np.array(a.qmax, dtype=np.float32)), m], out="Gamma")
+    r = em.op("Round", [em.op("Mul", [x, gamma], out="ScaleInput")])
+    lo = em.const("qmin_f", np.array(a.qmin, dtype=np.float32))
+    hi = em.const("qmax_f", np.array(a.qmax, dtype=np.float32))
+    r = em.op("Clip", [r, lo, hi], out="ClipCodes")
+    shifted = em.op("Add", [r, em.const("u8_offset", np.array(128.0, dtype=np.float32))], out="ToU8")
+    xu8 = em.op("Cast", [shifted], out="CastU8", to=ir.DataType.UINT8)
+    w = _weight_int8(em, p, storage)
+    zp = em.const("input_zero_point", np.array(128, dtype=np.uint8))
+    acc = em.op("MatMulInteger", [xu8, w, zp])
+    accf = em.op("Cast", [acc], out="CastAcc", to=ir.DataType.FLOAT)
+    y = em.op("Div", [accf, gamma], out="RescaleInput")
+    y = em.op("Mul", [y, _weight_scale(em, p)], out="RescaleWeight")
+    return _add_bias(em, y, p)
+
+
+def matmulnbits_block_size(k: int) -> int:
+    """Block size along K for MatMulNBits: 128, or the next power of two >= K (min 16) if smaller.
+
+    128 is the largest block for which ORT 1.32 runs its int8 (accuracy_level 4) 2-bit kernel
+    (256 silently takes a ~20x slower float path; measured).
+    """
+    size = 16
+    while size < k and size < 128:
+        size *= 2
+    return size
+
+
+def _pack_nbits(codes_nk: np.ndarray, bits: int, block: int) -> np.ndarray:
+    """Pack unsigned codes ``[N, K]`` into ``[N, n_blocks, block * bits / 8]`` uint8, low bits first."""
+    n, k = codes_nk.shape
+    n_blocks = -(-k // block)
+    zp = 1 << (bits - 1)
+    padded = np.full((n, n_blocks * block), zp, dtype=np.uint8)  # padding codes dequantize to 0
+    padded[:, :k] = codes_nk
+    per_byte = 8 // bits
+    grouped = padded.reshape(n, n_blocks, block // per_byte, per_byte)
+    out = np.zeros((n, n_blocks, block // per_byte), dtype=np.uint8)
+    for i in range(per_byte):
+        out |= (grouped[..., i] << (bits * i)).astype(np.uint8)
+    return out
+
+
+def lower_matmulnbits(em: _Emitter, x: ir.Value, p: LayerQuantParams, storage: str) -> ir.Value:
+    """ORT's ``MatMulNBits`` (com.microsoft), 2 or 4 bits: the fastest ORT-only path.
+
+    Weights: unsigned codes ``q + 2^(bits-1)`` with ORT's default zero point ``2^(bits-1)``, so
+    dequantization ``(u - zp) * scale`` gives back ``Wq * s_w`` exactly; each block's scale is
+    the layer's channel (or tensor) scale. ``accuracy_level=4``: ORT quantizes the activations
+    to int8 *per block of K* (not per token) before its integer kernel, so this mode differs
+    from BitNet's per-token quantization by a small, documented tolerance
+    (``parity.tolerances``).
+    """
+    del storage
+    bits = 4 if p.weight.storage_bits == 4 else 2
+    if p.weight.storage_bits > 4:
+        raise ExportError(
+            f"layer {p.module_path!r} (BitNetLayer, precision={p.weight.precision}): "
+            "weights='matmulnbits' packs 2 or 4 bits; use precision <= 4 or weights='int8'"
+        )
+    if p.input.mode != "dynamic":
+        raise ExportError(
+            f"layer {p.module_path!r} (BitNetLayer): weights='matmulnbits' computes with its own "
+            "activation quantization and cannot honour activation_mode='static'; use "
+            "weights='int8'/'int4'/'int2' or activation_mode='dynamic'"
+        )
+    k, n = p.in_features, p.out_features
+    block = matmulnbits_block_size(k)
+    n_blocks = -(-k // block)
+    unsigned = (p.weight.values.astype(np.int16) + (1 << (bits - 1))).astype(np.uint8)
+    packed = em.const("weight_q", _pack_nbits(unsigned, bits, block))
+    scales = np.repeat(np.broadcast_to(p.weight.scale.astype(np.float32), (n,)), n_blocks)
+    s = em.const("weight_scale", np.ascontiguousarray(scales))
+    y = em.op(
+        "MatMulNBits",
+        [x, packed, s],
+        domain=MS_DOMAIN,
+        K=k,
+        N=n,
+        bits=bits,
+        block_size=block,
+        accuracy_level=4,
+    )
+    return _add_bias(em, y, p)
+
+
+_Lowering = Callable[[_Emitter, ir.Value, LayerQuantParams, str], ir.Value]
+
+
+def _pick(p: LayerQuantParams, weights: str) -> _Lowering:
+    if weights == "matmulnbits":
+        return lower_matmulnbits
+    return lower_static if p.input.mode == "static" else lower_dynamic
+
+
+def lower_bitlinear_nodes(model: ir.Model, weights: str) -> list[dict[str, object]]:
+    """Replace every BitLinear node of ``model`` in place.
+
+    Args:
+        model: the hub model (modified in place).
+        weights: ``int8``, ``int4``, ``int2`` or ``matmulnbits``.
+
+    Returns:
+        One summary dict per lowered layer (module path, mode, storage, weight bytes).
+
+    Raises:
+        ExportError: a layer that cannot be stored as asked (all layers are checked first).
+    """
+    if weights not in WEIGHT_MODES:
+        raise ExportError(f"weights={weights!r} is not supported; choose one of {', '.join(WEIGHT_MODES)}")
+    graph = model.graph
+    summary: list[dict[str, object]] = []
+    for node in [n for n in graph if is_bitlinear(n)]:
+        p = read_bitlinear(node)
+        em = _Emitter(graph, p.module_path)
+        x = node.inputs[0]
+        assert x is not None
+        for v in node.inputs[1:]:
+            # the hub's constants are replaced by the lowering's (same names, new layout)
+            if v is not None and v.name in graph.initializers and len(v.uses()) == 1:
+                graph.initializers.pop(v.name)  # type: ignore[arg-type]
+        y = _pick(p, weights)(em, x, p, weights)
+        old_out = node.outputs[0]
+        out_name = old_out.name
+        ir.convenience.replace_nodes_and_values(graph, node, [node], em.nodes, [old_out], [y])
+        y.name = out_name  # keep graph output / downstream names stable
+        w_const = graph.initializers[f"{em.path}.weight_q"].const_value
+        w_bytes = 0 if w_const is None else w_const.nbytes
+        summary.append(
+            {
+                "module_path": p.module_path,
+                "precision": p.weight.precision,
+                "activation_mode": p.input.mode,
+                "weights": weights,
+                "weight_bytes": int(w_bytes),
+                "ops": [n.op_type for n in em.nodes],
+            }
+        )
+    if any(n.domain == MS_DOMAIN for n in graph):
+        model.opset_imports[MS_DOMAIN] = 1
+    model.opset_imports.pop("bitnet_export", None)
+    return summary

@@ -1,0 +1,108 @@
+"""The parity engine: run the PyTorch reference and runtime adapters on the same inputs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bitnet_export.backends.onnx.writer import read_metadata
+from bitnet_export.parity.metrics import compare
+from bitnet_export.parity.report import ParityReport, TargetResult, Tolerance
+from bitnet_export.parity.tolerances import tolerance_for
+from runtimes import make_adapter
+from runtimes.protocol import RuntimeAdapter
+
+__all__ = ["reference_outputs", "run_parity", "seeded_inputs"]
+
+
+def seeded_inputs(example_inputs: Sequence[torch.Tensor], seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random inputs shaped like ``example_inputs``, with their mean and spread, from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for ex in example_inputs:
+        if not ex.is_floating_point():
+            out.append(ex.clone())
+            continue
+        std = float(ex.float().std()) if ex.numel() > 1 else 1.0
+        mean = float(ex.float().mean())
+        out.append(torch.randn(ex.shape, generator=gen) * (std or 1.0) + mean)
+    return tuple(out)
+
+
+@torch.no_grad()
+def reference_outputs(model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    """PyTorch's outputs (eval mode, no grad: BitNetLayer's integer inference form)."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(*inputs)
+    finally:
+        model.train(was_training)
+    flat = list(out) if isinstance(out, (tuple, list)) else [out]
+    return [t.detach().float().numpy() for t in flat]
+
+
+def _file_facts(path: Path) -> tuple[list[str], str | None, dict[str, Any]]:
+    meta = read_metadata(path)
+    layers = json.loads(meta.get("bitnet_export.layers", "[]"))
+    weights = json.loads(meta["bitnet_export.weights"]) if "bitnet_export.weights" in meta else None
+    scales = json.loads(meta.get("bitnet_export.output_scales", "{}"))
+    return [layer["input"]["mode"] for layer in layers], weights, scales
+
+
+def run_parity(
+    model: nn.Module,
+    path: Path,
+    inputs: Sequence[torch.Tensor],
+    targets: Sequence[str | RuntimeAdapter] = ("ort-cpu",),
+    tolerance: Tolerance | None = None,
+    inputs_description: Mapping[str, Any] | None = None,
+) -> ParityReport:
+    """Compare every target's outputs on ``path`` with PyTorch's on the same ``inputs``.
+
+    A target that fails to load or run becomes a failed result carrying its error message; it
+    never aborts the others.
+
+    Args:
+        model: the PyTorch model the file was exported from.
+        path: the exported file.
+        inputs: positional model inputs (float tensors).
+        targets: runtime names (see ``runtimes.ADAPTERS``) or adapter objects.
+        tolerance: override the per-mode tolerance table.
+        inputs_description: how the inputs were made, for the report.
+    """
+    path = Path(path)
+    ref = reference_outputs(model, inputs)
+    modes, weights, scales = _file_facts(path)
+    results = []
+    for target in targets:
+        adapter = make_adapter(target) if isinstance(target, str) else target
+        tol = tolerance or tolerance_for(modes, weights, adapter.name)
+        try:
+            adapter.load(path)
+            names = [n for n, _, _ in adapter.input_specs()]  # type: ignore[attr-defined]
+            feed = {n: t.detach().numpy() for n, t in zip(names, inputs, strict=True)}
+            got = adapter.run(feed)
+            runtime = adapter.info().as_dict()
+        except Exception as exc:  # reported as this target's failure
+            results.append(
+                TargetResult(adapter.name, "pytorch", {}, (), tol, error=f"{type(exc).__name__}: {exc}")
+            )
+            continue
+        metrics = []
+        for (name, arr), r in zip(got.items(), ref, strict=False):
+            scale = scales.get(name)
+            metrics.append(compare(name, r, arr, None if scale is None else np.asarray(scale, np.float64)))
+        error = None
+        if len(got) != len(ref):
+            error = f"{len(got)} outputs from the runtime, {len(ref)} from PyTorch"
+        results.append(TargetResult(adapter.name, "pytorch", runtime, tuple(metrics), tol, error=error))
+    desc = dict(inputs_description or {})
+    desc.setdefault("shapes", [list(t.shape) for t in inputs])
+    return ParityReport(model=path.name, results=tuple(results), inputs=desc)
