@@ -85,7 +85,11 @@ def check_ops(
         if stack:
             path, cls = list(stack.values())[-1]
             path = f"{path or '<root>'} ({getattr(cls, '__name__', cls)})"
-        seen[str(node.target)].append(path or "<root>")
+        original = node.meta.get("original_aten")
+        op = str(node.target)
+        if original is not None and str(original) != op:
+            op = f"{original} (decomposes to {op})"
+        seen[op].append(path or "<root>")
     if seen:
         problems = [f"{op}: {len(paths)} use(s), e.g. in {paths[0]}" for op, paths in sorted(seen.items())]
         raise ExportError(

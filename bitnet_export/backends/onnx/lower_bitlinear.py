@@ -20,7 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 from bitnet_export.capture.bitlinear_op import is_bitlinear, read_bitlinear
-from bitnet_export.errors import ExportError
+from bitnet_export.errors import ExportError, InternalError
 from bitnet_export.quant.params import LayerQuantParams
 
 __all__ = ["WEIGHT_MODES", "WeightMode", "lower_bitlinear_nodes", "matmulnbits_block_size"]
@@ -41,10 +41,12 @@ _STORAGE_DTYPE = {
 class _Emitter:
     """Builds the replacement of one BitLinear node, naming everything after the module."""
 
-    def __init__(self, graph: ir.Graph, path: str) -> None:
+    def __init__(self, graph: ir.Graph, path: str, output_feeds_add: bool = False) -> None:
         self.graph = graph
         self.path = path or "bitlinear"
         self.nodes: list[ir.Node] = []
+        #: an Add/Sub consumes the layer's output (decides the static form, see lower_static)
+        self.output_feeds_add = output_feeds_add
 
     def const(self, role: str, array: np.ndarray, dtype: ir.DataType | None = None) -> ir.Value:
         name = f"{self.path}.{role}"
@@ -106,24 +108,30 @@ def _add_bias(em: _Emitter, y: ir.Value, p: LayerQuantParams) -> ir.Value:
 
 
 def lower_static(em: _Emitter, x: ir.Value, p: LayerQuantParams, storage: str) -> ir.Value:
-    """Static per-tensor activations: QDQ around a float MatMul, fused by ORT.
+    """Static per-tensor activations.
 
-    ``xq = QuantizeLinear(x, s_x, zp_x)``: ``saturate(round_half_even(x / s_x) + zp_x)`` in int8,
-    exactly BitNetLayer's ``quantize_static``; sub-8-bit activations add an int8 ``Clip`` to
-    ``qmin..qmax``. The weight is ``DequantizeLinear(Wq^T, s_w, axis=1)`` (per output channel)
-    or with a scalar scale (per tensor). ORT fuses ``DQ(x) @ DQ(W)`` into
-    ``MatMulIntegerToFloat``: int32 accumulation of ``(xq - zp_x) * Wq``, then one float
-    multiply by ``s_x * s_w[c]`` (exact integer maths, tested against numpy).
+    Without bias and with 8-bit activations: the portable QDQ form, fused by ORT.
+    ``xq = QuantizeLinear(x, s_x, zp_x)`` is ``saturate(round_half_even(x / s_x) + zp_x)`` in
+    int8, exactly BitNetLayer's ``quantize_static``; the weight is
+    ``DequantizeLinear(Wq^T, s_w, axis=1)`` (per output channel) or with a scalar scale (per
+    tensor); ORT fuses ``DQ(x) @ DQ(W)`` into ``MatMulIntegerToFloat``: int32 accumulation of
+    ``(xq - zp_x) * Wq``, then one float multiply by ``s_x * s_w[c]``.
+
+    ORT 1.32 does *not* fuse the QDQ form when an ``Add`` consumes the MatMul (the layer's
+    bias, or a residual add right after the layer): its level-1 ``MatMulAddFusion`` turns
+    ``MatMul + Add`` into a float ``Gemm`` on dequantized inputs before the QDQ fusions run
+    (measured). Those layers, and sub-8-bit activations, get the explicit integer form of the
+    same maths instead (:func:`_lower_static_integer`); tests assert that ORT's optimized graph
+    has no float MatMul/Gemm left either way.
     """
     a = p.input
-    assert a.scale is not None and a.zero_point is not None  # guaranteed by pre-flight
+    if a.scale is None or a.zero_point is None:
+        raise InternalError(f"layer {p.module_path!r}: static lowering without a calibrated scale")
+    if p.bias is not None or (a.qmin, a.qmax) != (-128, 127) or em.output_feeds_add:
+        return _lower_static_integer(em, x, p, storage)
     s_x = em.const("input_scale", np.array(a.scale, dtype=np.float32))
     zp_x = em.const("input_zero_point", np.array(a.zero_point, dtype=np.int8))
     xq = em.op("QuantizeLinear", [x, s_x, zp_x], out="QuantizeInput")
-    if (a.qmin, a.qmax) != (-128, 127):
-        lo = em.const("input_qmin", np.array(a.qmin, dtype=np.int8))
-        hi = em.const("input_qmax", np.array(a.qmax, dtype=np.int8))
-        xq = em.op("Clip", [xq, lo, hi], out="ClipInput")
     xd = em.op("DequantizeLinear", [xq, s_x, zp_x], out="DequantizeInput")
     w = _weight_int8(em, p, storage)
     s_w = _weight_scale(em, p)
@@ -131,7 +139,33 @@ def lower_static(em: _Emitter, x: ir.Value, p: LayerQuantParams, storage: str) -
         wd = em.op("DequantizeLinear", [w, s_w], out="DequantizeWeight", axis=1)
     else:
         wd = em.op("DequantizeLinear", [w, s_w], out="DequantizeWeight")
-    y = em.op("MatMul", [xd, wd])
+    return em.op("MatMul", [xd, wd])
+
+
+def _lower_static_integer(em: _Emitter, x: ir.Value, p: LayerQuantParams, storage: str) -> ir.Value:
+    """Static activations as explicit integer maths (layers with a bias, sub-8-bit activations).
+
+    ``QuantizeLinear`` to **uint8** with zero point ``zp_x + 128``: the codes are the int8 codes
+    plus 128 exactly (same rounding, same saturation), which selects ORT's fast u8 x s8
+    ``MatMulInteger`` kernel; sub-8-bit ranges add a uint8 ``Clip``. Then
+    ``y = Cast(acc) * (s_x * s_w) + bias``: the order of ``MatMulIntegerToFloat`` and of
+    BitNetLayer's ``linear_static_int`` (bit-exact, tested).
+    """
+    a = p.input
+    assert a.scale is not None and a.zero_point is not None
+    s_x = em.const("input_scale", np.array(a.scale, dtype=np.float32))
+    zp_u8 = em.const("input_zero_point", np.array(a.zero_point + 128, dtype=np.uint8))
+    xq = em.op("QuantizeLinear", [x, s_x, zp_u8], out="QuantizeInput")
+    if (a.qmin, a.qmax) != (-128, 127):
+        lo = em.const("input_qmin", np.array(a.qmin + 128, dtype=np.uint8))
+        hi = em.const("input_qmax", np.array(a.qmax + 128, dtype=np.uint8))
+        xq = em.op("Clip", [xq, lo, hi], out="ClipInput")
+    acc = em.op("MatMulInteger", [xq, _weight_int8(em, p, storage), zp_u8])
+    accf = em.op("Cast", [acc], out="CastAcc", to=ir.DataType.FLOAT)
+    combined = np.float32(a.scale) * p.weight.scale.astype(np.float32)
+    if p.weight.granularity != "per_channel":
+        combined = combined.reshape(())
+    y = em.op("Mul", [accf, em.const("output_scale", combined.astype(np.float32))], out="Rescale")
     return _add_bias(em, y, p)
 
 
@@ -266,7 +300,8 @@ def lower_bitlinear_nodes(model: ir.Model, weights: str) -> list[dict[str, objec
     summary: list[dict[str, object]] = []
     for node in [n for n in graph if is_bitlinear(n)]:
         p = read_bitlinear(node)
-        em = _Emitter(graph, p.module_path)
+        feeds_add = any(use.node.op_type in ("Add", "Sub") for use in node.outputs[0].uses())
+        em = _Emitter(graph, p.module_path, feeds_add)
         x = node.inputs[0]
         assert x is not None
         for v in node.inputs[1:]:
