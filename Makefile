@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: venv
-	$(BIN)/python examples/digits/train_digits.py
+	$(BIN)/bitnet-export demo
 
 lint: venv
 	$(BIN)/ruff check .

@@ -7,6 +7,7 @@ Commands::
     bitnet-export verify  model.onnx SPEC [--checkpoint CKPT] [--target ort-cpu ...]
                           [--json report.json] [--seed N]
     bitnet-export inspect model.onnx
+    bitnet-export demo    [--out out/demo] [--epochs 60]
 
 ``SPEC`` is ``module:factory`` (``bitnet_export.zoo.digits:factory``) or ``file.py:factory``
 (``examples/model.py:make``): a function called with no arguments that returns
@@ -401,6 +402,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from bitnet_export.demo import run_demo
+
+    rows = run_demo(args.out, epochs=args.epochs)
+    return EXIT_OK if rows and all(r.passed for r in rows) else EXIT_FAILED
+
+
 # --------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``bitnet-export`` (subcommands ``export``, ``verify``, ``inspect``).
@@ -448,6 +456,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, metavar="N", help="seed of the random inputs (default: 0)"
     )
     ver.set_defaults(handler=_cmd_verify)
+
+    demo = sub.add_parser(
+        "demo",
+        help="the end-to-end demo on the embedded digits example",
+        description="Train digits (float vs BitNet ternary), export ONNX in every mode, verify on ORT.",
+    )
+    demo.add_argument("--out", type=Path, default=Path("out/demo"), metavar="DIR", help="output folder")
+    demo.add_argument("--epochs", type=int, default=60, metavar="N", help="training epochs (default: 60)")
+    demo.set_defaults(handler=_cmd_demo)
 
     ins = sub.add_parser(
         "inspect", help="list ops, weights per layer and metadata of a file", description="Inspect a file."

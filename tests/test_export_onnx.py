@@ -152,6 +152,8 @@ def test_dynamic_equals_integer_reference(tmp_path, weights):
     with torch.no_grad():
         y_torch = model.eval()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(y_torch, y, rtol=1e-5, atol=1e-6 * np.abs(y).max())
+    # same float ops in the same order: PyTorch's inference form and ORT agree bit for bit
+    np.testing.assert_array_equal(y_torch, y_ort)
 
 
 @pytest.mark.parametrize(("weights", "mode"), [c for c in CASES if c[0] != "matmulnbits"])

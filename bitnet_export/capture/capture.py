@@ -137,6 +137,10 @@ def capture(
         raise ExportError(
             "capture: example_inputs must be a non-empty tuple of tensors, e.g. (torch.randn(1, 64),)"
         )
+    if dynamic_batch and any(a.dim() > 0 and a.shape[0] == 1 for a in args):
+        # torch.export specializes a size-1 dimension to a constant (0/1 specialization): trace
+        # with the batch repeated so the exported batch dimension really stays free.
+        args = tuple(torch.cat([a, a]) if a.dim() > 0 and a.shape[0] == 1 else a for a in args)
     check_model(model)
     was_training = model.training
     model.eval()

@@ -111,7 +111,9 @@ def quantize_dynamic_per_token(x: torch.Tensor, bits: int, eps: float) -> tuple[
     """
     qmin, qmax = activation_qrange(bits)
     absmax = x.abs().amax(dim=-1, keepdim=True).clamp_min(eps)
-    gamma = qmax / absmax
+    # a true float32 division: torch computes `python_scalar / tensor` as reciprocal * scalar
+    # (two roundings), which differs from ONNX Div / numpy in the last bit
+    gamma = torch.full_like(absmax, float(qmax)) / absmax
     codes = torch.clamp(torch.round(x * gamma), qmin, qmax)
     return codes, gamma
 
