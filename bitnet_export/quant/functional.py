@@ -174,12 +174,20 @@ def linear_dynamic_int(
 ) -> torch.Tensor:
     """BitNet linear in integer form: ``y = (q_x @ Wq^T) / gamma * s_w + bias``.
 
+    With a per-tensor weight scale the rescale is ``acc * (s_w / gamma)`` (one full-size op).
+
     This is the exact computation order of the ONNX lowering (``MatMulInteger``, ``Cast``,
     ``Div`` by gamma, ``Mul`` by the weight scale, ``Add`` bias), so inference in PyTorch and in
     ONNX Runtime produce the same float32 values.
     """
     codes, gamma = quantize_dynamic_per_token(x, bits, eps)
-    y = integer_matmul(codes, w_codes) / gamma * w_scale.reshape(-1)
+    acc = integer_matmul(codes, w_codes)
+    if w_scale.numel() == 1:
+        # per-tensor weight scale: fold it into the per-row factor first (one full-size
+        # multiply instead of a divide and a multiply; the ONNX lowering does the same)
+        y = acc * (w_scale.reshape(()) / gamma)
+    else:
+        y = acc / gamma * w_scale.reshape(-1)
     return y if bias is None else y + bias
 
 

@@ -28,7 +28,10 @@ def dynamic_layer(x: np.ndarray, p) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     gamma = (np.float32(a.qmax) / m).astype(np.float32)
     q = np.clip(np.rint(x * gamma), a.qmin, a.qmax).astype(np.int64)
     acc = q @ p.weight.values.astype(np.int64).T
-    y = (acc.astype(np.float32) / gamma * p.weight.scale.reshape(-1)).astype(np.float32)
+    if p.weight.granularity == "per_tensor":
+        y = (acc.astype(np.float32) * (p.weight.scale.reshape(()) / gamma)).astype(np.float32)
+    else:
+        y = (acc.astype(np.float32) / gamma * p.weight.scale.reshape(-1)).astype(np.float32)
     if p.bias is not None:
         y = y + p.bias
     return y.astype(np.float32), acc, gamma

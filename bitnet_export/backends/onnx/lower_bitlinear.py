@@ -174,12 +174,13 @@ def lower_dynamic(em: _Emitter, x: ir.Value, p: LayerQuantParams, storage: str) 
 
     Same float ops in the same order as ``quantize_dynamic_per_token``:
     ``m = max(ReduceMax(|x|, last axis), eps)``, ``gamma = qmax / m``,
-    ``q = Clip(Round(x * gamma), qmin, qmax)`` (Round is half-to-even, like ``torch.round``).
-    The codes are shifted to uint8 with zero point 128 (``q + 128`` is exact in float and in
-    ``0..255``): ORT's u8 x s8 ``MatMulInteger`` kernel is ~7x faster than fp32 at batch 1, the
-    s8 x s8 one ~8x slower. ``acc`` is the exact int32 ``q @ Wq^T``; then
-    ``y = acc / gamma * s_w`` (+ bias), which equals PyTorch's ``(q / gamma) @ (Wq * s_w)^T`` up to
-    float32 summation order (<= 1e-5 relative, tested).
+    ``q = round_half_even(x * gamma)`` (``torch.round``), emitted as one ``QuantizeLinear`` to
+    uint8 with zero point 128 (codes ``q + 128``, exact, see below): ORT's u8 x s8
+    ``MatMulInteger`` kernel is ~7x faster than fp32 at batch 1, the s8 x s8 one ~8x slower.
+    ``acc`` is the exact int32 ``q @ Wq^T``; then ``y = acc / gamma * s_w`` (per-channel
+    ``s_w``) or ``y = acc * (s_w / gamma)`` (per-tensor ``s_w``), + bias: the op
+    order of BitNetLayer's inference form ``linear_dynamic_int``, so PyTorch and ORT agree bit
+    for bit (tested).
     """
     a = p.input
     absx = em.op("Abs", [x])
@@ -187,18 +188,22 @@ def lower_dynamic(em: _Emitter, x: ir.Value, p: LayerQuantParams, storage: str) 
     m = em.op("ReduceMax", [absx, axes], out="RowAbsMax", keepdims=1)
     m = em.op("Max", [m, em.const("eps", np.array(a.eps, dtype=np.float32))], out="ClampEps")
     gamma = em.op("Div", [em.const("qmax", np.array(a.qmax, dtype=np.float32)), m], out="Gamma")
-    r = em.op("Round", [em.op("Mul", [x, gamma], out="ScaleInput")])
-    lo = em.const("qmin_f", np.array(a.qmin, dtype=np.float32))
-    hi = em.const("qmax_f", np.array(a.qmax, dtype=np.float32))
-    r = em.op("Clip", [r, lo, hi], out="ClipCodes")
-    shifted = em.op("Add", [r, em.const("u8_offset", np.array(128.0, dtype=np.float32))], out="ToU8")
-    xu8 = em.op("Cast", [shifted], out="CastU8", to=ir.DataType.UINT8)
-    w = _weight_int8(em, p, storage)
-    zp = em.const("input_zero_point", np.array(128, dtype=np.uint8))
-    acc = em.op("MatMulInteger", [xu8, w, zp])
+    scaled = em.op("Mul", [x, gamma], out="ScaleInput")
+    # One QuantizeLinear with scale 1 and uint8 zero point 128 does Round (half to even),
+    # the +128 shift and the Cast: saturate(round(v / 1) + 128). |v| <= qmax by construction
+    # (|x| <= m, so |x * qmax / m| rounds to at most qmax), so the saturation never clips and
+    # the codes equal clip(round(x * gamma), qmin, qmax) + 128 exactly, for any bit width.
+    unit = em.const("unit_scale", np.array(1.0, dtype=np.float32))
+    zp_u8 = em.const("input_zero_point", np.array(128, dtype=np.uint8))
+    xu8 = em.op("QuantizeLinear", [scaled, unit, zp_u8], out="QuantizeU8")
+    acc = em.op("MatMulInteger", [xu8, _weight_int8(em, p, storage), zp_u8])
     accf = em.op("Cast", [acc], out="CastAcc", to=ir.DataType.FLOAT)
-    y = em.op("Div", [accf, gamma], out="RescaleInput")
-    y = em.op("Mul", [y, _weight_scale(em, p)], out="RescaleWeight")
+    if p.weight.granularity == "per_channel":
+        y = em.op("Div", [accf, gamma], out="RescaleInput")
+        y = em.op("Mul", [y, _weight_scale(em, p)], out="RescaleWeight")
+    else:  # per-tensor: one per-row factor s_w / gamma, then a single full-size Mul
+        row = em.op("Div", [_weight_scale(em, p), gamma], out="RowScale")
+        y = em.op("Mul", [accf, row], out="Rescale")
     return _add_bias(em, y, p)
 
 
