@@ -3,9 +3,15 @@
 Pipeline (one folder per stage)::
 
     layers/, quant/, training/   BitNetLayer: quantize in forward, train with STE, record params
+    capture/                     torch.export + torch.onnx (dynamo) -> ONNX IR hub (BitLinear nodes)
+    passes/                      name nodes after modules, annotate metadata
+    backends/onnx/               lower BitLinear to QDQ / integer ONNX, write the file
+    parity/                      PyTorch vs runtimes -> report
+    runtimes/ (top level)        one adapter per target (ONNX Runtime CPU, ...)
 """
 
 from bitnet_export._version import __version__
+from bitnet_export.api import ExportResult, export_onnx, verify
 from bitnet_export.errors import (
     BitNetExportError,
     ExportError,
@@ -33,6 +39,7 @@ __all__ = [
     "BitNetExportError",
     "BitNetLayer",
     "ExportError",
+    "ExportResult",
     "GradualQuantization",
     "InternalError",
     "LayerQuantParams",
@@ -46,7 +53,9 @@ __all__ = [
     "calibration",
     "configure_model",
     "convert_to_bitnet",
+    "export_onnx",
     "format_statistics",
     "layer_statistics",
     "name_layers",
+    "verify",
 ]

@@ -21,6 +21,7 @@ from bitnet_export.errors import ExportError
 from bitnet_export.parity.engine import run_parity, seeded_inputs
 from bitnet_export.parity.report import ParityReport, Tolerance
 from bitnet_export.passes.annotate import annotate
+from bitnet_export.passes.name_nodes import name_nodes
 from runtimes.protocol import RuntimeAdapter
 
 __all__ = ["ExportResult", "export_onnx", "verify"]
@@ -149,6 +150,7 @@ def export_onnx(
         log=say,
     )
     hub = captured.model
+    name_nodes(hub)
     scales = _output_scales(hub)
     say(f"lowering {len(captured.layers)} BitNetLayer(s) with weights={weights}")
     layers = lower_bitlinear_nodes(hub, weights)

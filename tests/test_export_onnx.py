@@ -179,8 +179,9 @@ def test_digits_top1_agreement_is_total(tmp_path, digits, weights, mode):
     if mode == "static":
         bx.configure_model(model, activation_mode="static")
         bx.calibrate(model, [data.x_train])
-    res = export_onnx(model, data.x_test[:4], tmp_path / "d.onnx", weights=weights)
-    report = verify(model, data.x_test[:4], res.path, inputs=data.x_test)
+    res = bx.export_onnx(model, data.x_test[:4], tmp_path / "d.onnx", weights=weights)
+    onnx.checker.check_model(str(res.path), full_check=True)
+    report = bx.verify(model, data.x_test[:4], res.path, inputs=data.x_test)
     out = report.results[0].outputs[0]
     assert out.top1_agreement == 1.0, report.format_table()
     assert report.passed

@@ -195,6 +195,11 @@ def capture(
     if onnx_program is None:
         raise InternalError("capture: torch.onnx.export returned no program")
     ir_model = onnx_program.model
+    if not output_names:
+        # torch names outputs after FX nodes ("bitlinear_3"); give them stable names instead
+        outs = list(ir_model.graph.outputs)
+        for i, value in enumerate(outs):
+            value.name = "output" if len(outs) == 1 else f"output_{i}"
     return CapturedModel(
         model=ir_model,
         layers=dict(recorded),

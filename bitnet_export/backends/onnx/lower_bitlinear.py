@@ -21,6 +21,7 @@ import onnx_ir as ir
 
 from bitnet_export.capture.bitlinear_op import is_bitlinear, read_bitlinear
 from bitnet_export.errors import ExportError, InternalError
+from bitnet_export.passes.name_nodes import SOURCE_KEYS
 from bitnet_export.quant.params import LayerQuantParams
 
 __all__ = ["WEIGHT_MODES", "WeightMode", "lower_bitlinear_nodes", "matmulnbits_block_size"]
@@ -314,6 +315,10 @@ def lower_bitlinear_nodes(model: ir.Model, weights: str) -> list[dict[str, objec
             if v is not None and v.name in graph.initializers and len(v.uses()) == 1:
                 graph.initializers.pop(v.name)  # type: ignore[arg-type]
         y = _pick(p, weights)(em, x, p, weights)
+        for new_node in em.nodes:  # every emitted op keeps the layer's source location
+            for key in SOURCE_KEYS:
+                if key in node.metadata_props:
+                    new_node.metadata_props[key] = node.metadata_props[key]
         old_out = node.outputs[0]
         out_name = old_out.name
         ir.convenience.replace_nodes_and_values(graph, node, [node], em.nodes, [old_out], [y])
