@@ -12,8 +12,10 @@ import onnx_ir as ir
 
 __all__ = ["SOURCE_KEYS", "module_path_of", "name_nodes"]
 
-#: Metadata keys that carry a node's source location; lowerings copy them to what they emit.
-SOURCE_KEYS = ("namespace", "pkg.torch.onnx.name_scopes", "pkg.torch.onnx.stack_trace")
+#: Metadata keys that carry a node's source location (module path and class); lowerings copy
+#: them to every node they emit. The Python stack trace stays on torch's own nodes only: on
+#: ~10 emitted nodes per layer it would dominate a small model's file size.
+SOURCE_KEYS = ("namespace", "pkg.torch.onnx.name_scopes")
 
 
 def module_path_of(node: ir.Node) -> str:
