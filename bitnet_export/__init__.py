@@ -11,7 +11,7 @@ Pipeline (one folder per stage)::
 """
 
 from bitnet_export._version import __version__
-from bitnet_export.api import ExportResult, export_onnx, verify
+from bitnet_export.api import ExportResult, export_onnx, export_tflite, verify
 from bitnet_export.errors import (
     BitNetExportError,
     ExportError,
@@ -54,6 +54,7 @@ __all__ = [
     "configure_model",
     "convert_to_bitnet",
     "export_onnx",
+    "export_tflite",
     "format_statistics",
     "layer_statistics",
     "name_layers",

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bitnet_export._io import atomic_write_bytes
 from bitnet_export.backends.onnx.lower_bitlinear import WEIGHT_MODES, lower_bitlinear_nodes
 from bitnet_export.backends.onnx.writer import save_onnx
 from bitnet_export.capture.bitlinear_op import is_bitlinear, read_bitlinear
@@ -24,7 +25,7 @@ from bitnet_export.passes.annotate import annotate
 from bitnet_export.passes.name_nodes import name_nodes
 from runtimes.protocol import RuntimeAdapter
 
-__all__ = ["ExportResult", "export_onnx", "verify"]
+__all__ = ["ExportResult", "export_onnx", "export_tflite", "verify"]
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,79 @@ def export_onnx(
         output_names=captured.output_names,
         layers=tuple(layers),
         external_data=data,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def export_tflite(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    path: str | Path,
+    weights: str = "int8",
+    *,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    progress: bool = False,
+) -> ExportResult:
+    """Export ``model`` to a TFLite flatbuffer, without TensorFlow.
+
+    Static-activation BitNetLayers become full-integer int8 ``FULLY_CONNECTED`` ops (int8
+    between consecutive BitNet layers), dynamic per-token ones hybrid ``FULLY_CONNECTED`` ops
+    (float in/out, int8/INT4/INT2 weights) whose builtin kernel quantizes rows exactly like
+    BitNet. The batch size of ``example_inputs`` is the model's; its signature keeps it free.
+
+    Args:
+        model: a model with BitNetLayers (and supported float ops).
+        example_inputs: one tensor or a tuple of positional inputs.
+        path: the ``.tflite`` file to write (atomically).
+        weights: ``int8``, ``int4`` (TensorType INT4) or ``int2`` (INT2), packed low bits first.
+        input_names: SignatureDef input names.
+        output_names: SignatureDef output names.
+        progress: print progress steps to stderr.
+
+    Returns:
+        An :class:`ExportResult` with ``format="tflite"``.
+
+    Raises:
+        ExportError: naming module, op, stage and fix; no file is written.
+    """
+    from bitnet_export.backends.tflite.convert import TFLITE_WEIGHT_MODES, convert_hub
+
+    t0 = time.perf_counter()
+    if weights not in TFLITE_WEIGHT_MODES:
+        raise ExportError(
+            f"export_tflite: weights={weights!r}; choose one of {', '.join(TFLITE_WEIGHT_MODES)}"
+        )
+    args = _as_tuple(example_inputs)
+    say = _progress(progress)
+    captured = capture(model, args, opset=21, input_names=input_names, output_names=output_names, log=say)
+    hub = captured.model
+    name_nodes(hub)
+    say(f"lowering to TFLite with weights={weights}")
+    batch = int(args[0].shape[0]) if args[0].dim() > 0 else 1
+    data = convert_hub(hub, captured.layers, weights, batch)
+    path = Path(path)
+    say(f"writing {path}")
+    atomic_write_bytes(path, data)
+    layers = tuple(
+        {
+            "module_path": p.module_path,
+            "precision": p.weight.precision,
+            "activation_mode": p.input.mode,
+            "weights": weights,
+            "weight_bytes": int(p.weight.values.size * {"int8": 8, "int4": 4, "int2": 2}[weights] // 8),
+        }
+        for p in captured.layers.values()
+    )
+    return ExportResult(
+        path=path,
+        format="tflite",
+        size_bytes=path.stat().st_size,
+        weights=weights,
+        opset=0,
+        input_names=captured.input_names,
+        output_names=captured.output_names,
+        layers=layers,
         seconds=time.perf_counter() - t0,
     )
 

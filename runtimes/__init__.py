@@ -20,8 +20,29 @@ def _ort_cpu(**kwargs: Any) -> RuntimeAdapter:
     return OrtCpuAdapter(**kwargs)
 
 
+def _litert_interpreter(kernel: str) -> Callable[..., RuntimeAdapter]:
+    def factory(**kwargs: Any) -> RuntimeAdapter:
+        from runtimes.litert_cpu import LiteRtInterpreterAdapter
+
+        return LiteRtInterpreterAdapter(kernel=kernel, **kwargs)
+
+    return factory
+
+
+def _litert_compiled_cpu(**kwargs: Any) -> RuntimeAdapter:
+    from runtimes.litert_cpu import LiteRtCompiledModelAdapter
+
+    return LiteRtCompiledModelAdapter(**kwargs)
+
+
 #: Target name -> factory. Imports are lazy so a missing runtime only fails its own target.
-ADAPTERS: dict[str, Callable[..., RuntimeAdapter]] = {"ort-cpu": _ort_cpu}
+ADAPTERS: dict[str, Callable[..., RuntimeAdapter]] = {
+    "ort-cpu": _ort_cpu,
+    "litert-xnnpack": _litert_interpreter("xnnpack"),
+    "litert-builtin": _litert_interpreter("builtin"),
+    "litert-reference": _litert_interpreter("reference"),
+    "litert-compiled-cpu": _litert_compiled_cpu,
+}
 
 
 def make_adapter(target: str, **kwargs: Any) -> RuntimeAdapter:

@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 
 from runtimes._host import cpu_model, host_arch
-from runtimes.protocol import RuntimeInfo
+from runtimes.protocol import RuntimeAdapterError, RuntimeInfo
 
 __all__ = ["OPT_LEVELS", "OrtCpuAdapter", "RuntimeAdapterError"]
 
@@ -30,10 +30,6 @@ OPT_LEVELS: Final = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 _NP_TYPES: Final = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
-
-
-class RuntimeAdapterError(RuntimeError):
-    """A runtime could not load or run a model; the message names the target and the cause."""
 
 
 class OrtCpuAdapter:

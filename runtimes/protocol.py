@@ -9,7 +9,11 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["RuntimeAdapter", "RuntimeInfo"]
+__all__ = ["RuntimeAdapter", "RuntimeAdapterError", "RuntimeInfo"]
+
+
+class RuntimeAdapterError(RuntimeError):
+    """A runtime could not load or run a model; the message names the target and the cause."""
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from bitnet_export.backends.onnx.writer import read_metadata
+from bitnet_export.backends import file_format, read_file_metadata
 from bitnet_export.parity.metrics import compare
 from bitnet_export.parity.report import ParityReport, TargetResult, Tolerance
 from bitnet_export.parity.tolerances import tolerance_for
+from bitnet_export.quant.functional import RoundingMode, activation_rounding
 from runtimes import make_adapter
 from runtimes.protocol import RuntimeAdapter
 
@@ -36,24 +38,48 @@ def seeded_inputs(example_inputs: Sequence[torch.Tensor], seed: int = 0) -> tupl
 
 
 @torch.no_grad()
-def reference_outputs(model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
-    """PyTorch's outputs (eval mode, no grad: BitNetLayer's integer inference form)."""
+def reference_outputs(
+    model: nn.Module, inputs: Sequence[torch.Tensor], rounding: RoundingMode = "half_even"
+) -> list[np.ndarray]:
+    """PyTorch's outputs (eval mode, no grad: BitNetLayer's integer inference form).
+
+    Args:
+        model: the model.
+        inputs: positional inputs.
+        rounding: activation rounding of the reference: ``half_even`` (BitNet, ONNX) or
+            ``half_away`` (TFLite's ``std::round``); they differ only on exact .5 ties.
+    """
     was_training = model.training
     model.eval()
     try:
-        out = model(*inputs)
+        with activation_rounding(rounding):
+            out = model(*inputs)
     finally:
         model.train(was_training)
     flat = list(out) if isinstance(out, (tuple, list)) else [out]
     return [t.detach().float().numpy() for t in flat]
 
 
-def _file_facts(path: Path) -> tuple[list[str], str | None, dict[str, Any]]:
-    meta = read_metadata(path)
+@dataclass(frozen=True)
+class _FileFacts:
+    format: str
+    modes: list[str]
+    weights: str | None
+    scales: dict[str, Any]
+    ranges: dict[str, Any]
+
+
+def _file_facts(path: Path) -> _FileFacts:
+    meta = read_file_metadata(path)
     layers = json.loads(meta.get("bitnet_export.layers", "[]"))
     weights = json.loads(meta["bitnet_export.weights"]) if "bitnet_export.weights" in meta else None
-    scales = json.loads(meta.get("bitnet_export.output_scales", "{}"))
-    return [layer["input"]["mode"] for layer in layers], weights, scales
+    return _FileFacts(
+        format=file_format(path),
+        modes=[layer["input"]["mode"] for layer in layers],
+        weights=weights,
+        scales=json.loads(meta.get("bitnet_export.output_scales", "{}")),
+        ranges=json.loads(meta.get("bitnet_export.output_ranges", "{}")),
+    )
 
 
 def run_parity(
@@ -67,7 +93,8 @@ def run_parity(
     """Compare every target's outputs on ``path`` with PyTorch's on the same ``inputs``.
 
     A target that fails to load or run becomes a failed result carrying its error message; it
-    never aborts the others.
+    never aborts the others. A file that cannot be read at all (truncated, wrongly packed
+    weights) raises before anything runs.
 
     Args:
         model: the PyTorch model the file was exported from.
@@ -78,12 +105,16 @@ def run_parity(
         inputs_description: how the inputs were made, for the report.
     """
     path = Path(path)
-    ref = reference_outputs(model, inputs)
-    modes, weights, scales = _file_facts(path)
+    facts = _file_facts(path)  # first: a truncated or corrupt file is an error before any run
+    # TFLite's kernels round activation codes half away from zero (std::round), ONNX half to
+    # even like torch.round: the reference follows the file's format on exact .5 ties
+    rounding: RoundingMode = "half_away" if facts.format == "tflite" else "half_even"
+    ref = reference_outputs(model, inputs, rounding)
+    ref_name = "pytorch" if rounding == "half_even" else "pytorch (ties rounded away from zero)"
     results = []
     for target in targets:
         adapter = make_adapter(target) if isinstance(target, str) else target
-        tol = tolerance or tolerance_for(modes, weights, adapter.name)
+        tol = tolerance or tolerance_for(facts.modes, facts.weights, adapter.name, facts.format)
         try:
             adapter.load(path)
             names = [n for n, _, _ in adapter.input_specs()]  # type: ignore[attr-defined]
@@ -92,17 +123,24 @@ def run_parity(
             runtime = adapter.info().as_dict()
         except Exception as exc:  # reported as this target's failure
             results.append(
-                TargetResult(adapter.name, "pytorch", {}, (), tol, error=f"{type(exc).__name__}: {exc}")
+                TargetResult(adapter.name, ref_name, {}, (), tol, error=f"{type(exc).__name__}: {exc}")
             )
             continue
         metrics = []
+        reference = ref_name
         for (name, arr), r in zip(got.items(), ref, strict=False):
-            scale = scales.get(name)
+            scale = facts.scales.get(name)
+            if name in facts.ranges:
+                # an int8 output saturates at its calibrated range, by design: compare with the
+                # reference clipped to that range (saturation is not a kernel error)
+                lo, hi = facts.ranges[name]
+                r = np.clip(r, lo, hi)
+                reference = f"{ref_name}, clipped to the int8 output range"
             metrics.append(compare(name, r, arr, None if scale is None else np.asarray(scale, np.float64)))
         error = None
         if len(got) != len(ref):
             error = f"{len(got)} outputs from the runtime, {len(ref)} from PyTorch"
-        results.append(TargetResult(adapter.name, "pytorch", runtime, tuple(metrics), tol, error=error))
+        results.append(TargetResult(adapter.name, reference, runtime, tuple(metrics), tol, error=error))
     desc = dict(inputs_description or {})
     desc.setdefault("shapes", [list(t.shape) for t in inputs])
     return ParityReport(model=path.name, results=tuple(results), inputs=desc)

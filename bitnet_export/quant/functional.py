@@ -8,12 +8,18 @@ weight's shape and a float32 ``scale`` of shape ``[out, 1]`` (per channel) or ``
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import Literal
+
 import torch
 
 from bitnet_export.quant.params import Granularity
 
 __all__ = [
+    "RoundingMode",
     "activation_qrange",
+    "activation_rounding",
     "dequantize_static",
     "quantize_dynamic_per_token",
     "quantize_static",
@@ -21,9 +27,36 @@ __all__ = [
     "quantize_weight_binary",
     "quantize_weight_int",
     "quantize_weight_ternary",
+    "round_activation",
     "static_qparams",
     "weight_qrange",
 ]
+
+
+RoundingMode = Literal["half_even", "half_away"]
+_ACTIVATION_ROUNDING: list[RoundingMode] = ["half_even"]
+
+
+@contextlib.contextmanager
+def activation_rounding(mode: RoundingMode) -> Iterator[None]:
+    """Temporarily round activations ``half_even`` (BitNet / ``torch.round`` / ONNX, the default)
+    or ``half_away`` from zero (``std::round``: TFLite's quantization kernels).
+
+    The two differ only on exact ``.5`` ties, which do occur in practice (e.g. ternary-weighted
+    hidden activations); the parity engine uses ``half_away`` for its TFLite reference.
+    """
+    _ACTIVATION_ROUNDING.append(mode)
+    try:
+        yield
+    finally:
+        _ACTIVATION_ROUNDING.pop()
+
+
+def round_activation(v: torch.Tensor) -> torch.Tensor:
+    """Round activation codes in the current :func:`activation_rounding` mode."""
+    if _ACTIVATION_ROUNDING[-1] == "half_away":
+        return torch.sign(v) * torch.floor(v.abs() + 0.5)
+    return torch.round(v)
 
 
 def _reduce_abs_mean(w: torch.Tensor, granularity: Granularity) -> torch.Tensor:
@@ -114,7 +147,7 @@ def quantize_dynamic_per_token(x: torch.Tensor, bits: int, eps: float) -> tuple[
     # a true float32 division: torch computes `python_scalar / tensor` as reciprocal * scalar
     # (two roundings), which differs from ONNX Div / numpy in the last bit
     gamma = torch.full_like(absmax, float(qmax)) / absmax
-    codes = torch.clamp(torch.round(x * gamma), qmin, qmax)
+    codes = torch.clamp(round_activation(x * gamma), qmin, qmax)
     return codes, gamma
 
 
@@ -142,7 +175,7 @@ def quantize_static(x: torch.Tensor, scale: float, zero_point: int, bits: int) -
     """ONNX ``QuantizeLinear`` semantics: ``clip(round(x / scale) + zp, qmin, qmax)`` (codes as float)."""
     qmin, qmax = activation_qrange(bits)
     s = torch.tensor(scale, dtype=torch.float32)
-    return torch.clamp(torch.round(x / s) + zero_point, qmin, qmax)
+    return torch.clamp(round_activation(x / s) + zero_point, qmin, qmax)
 
 
 def dequantize_static(codes: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
@@ -172,22 +205,19 @@ def linear_dynamic_int(
     bits: int,
     eps: float,
 ) -> torch.Tensor:
-    """BitNet linear in integer form: ``y = (q_x @ Wq^T) / gamma * s_w + bias``.
+    """BitNet linear in integer form: ``y = (q_x @ Wq^T) * ((m / qmax) * s_w) + bias``.
 
-    With a per-tensor weight scale the rescale is ``acc * (s_w / gamma)`` (one full-size op).
-
-    This is the exact computation order of the ONNX lowering (``MatMulInteger``, ``Cast``,
-    ``Div`` by gamma, ``Mul`` by the weight scale, ``Add`` bias), so inference in PyTorch and in
-    ONNX Runtime produce the same float32 values.
+    ``m = max(max|x|, eps)`` per row and ``q_x = round(x * (qmax / m))`` (BitNet's
+    ``gamma = qmax / m``). The rescale multiplies the exact integer accumulator once by the
+    per-row-and-channel factor ``(m / qmax) * s_w[c]``: the op order of TFLite's hybrid
+    FULLY_CONNECTED kernel (measured bit-exact on LiteRT's builtin and reference kernels) and
+    of the ONNX lowering, so PyTorch, ONNX Runtime and LiteRT produce the same float32 values.
     """
-    codes, gamma = quantize_dynamic_per_token(x, bits, eps)
-    acc = integer_matmul(codes, w_codes)
-    if w_scale.numel() == 1:
-        # per-tensor weight scale: fold it into the per-row factor first (one full-size
-        # multiply instead of a divide and a multiply; the ONNX lowering does the same)
-        y = acc * (w_scale.reshape(()) / gamma)
-    else:
-        y = acc / gamma * w_scale.reshape(-1)
+    codes, _gamma = quantize_dynamic_per_token(x, bits, eps)
+    _, qmax = activation_qrange(bits)
+    m = x.abs().amax(dim=-1, keepdim=True).clamp_min(eps)
+    row_scale = m / torch.full_like(m, float(qmax))  # a true division (see quantize_dynamic_per_token)
+    y = integer_matmul(codes, w_codes) * (row_scale * w_scale.reshape(-1))
     return y if bias is None else y + bias
 
 

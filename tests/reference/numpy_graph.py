@@ -25,13 +25,11 @@ def dynamic_layer(x: np.ndarray, p) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     """Returns (y float32, integer accumulator, gamma per row)."""
     a = p.input
     m = np.maximum(np.abs(x).max(axis=-1, keepdims=True), np.float32(a.eps)).astype(np.float32)
-    gamma = (np.float32(a.qmax) / m).astype(np.float32)
+    gamma = (np.float32(a.qmax) / m).astype(np.float32)  # quantization: x * qmax / m
     q = np.clip(np.rint(x * gamma), a.qmin, a.qmax).astype(np.int64)
     acc = q @ p.weight.values.astype(np.int64).T
-    if p.weight.granularity == "per_tensor":
-        y = (acc.astype(np.float32) * (p.weight.scale.reshape(()) / gamma)).astype(np.float32)
-    else:
-        y = (acc.astype(np.float32) / gamma * p.weight.scale.reshape(-1)).astype(np.float32)
+    factor = (m / np.float32(a.qmax)).astype(np.float32) * p.weight.scale.reshape(-1)
+    y = (acc.astype(np.float32) * factor).astype(np.float32)
     if p.bias is not None:
         y = y + p.bias
     return y.astype(np.float32), acc, gamma

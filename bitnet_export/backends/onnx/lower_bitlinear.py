@@ -178,10 +178,9 @@ def lower_dynamic(em: _Emitter, x: ir.Value, p: LayerQuantParams, storage: str) 
     ``q = round_half_even(x * gamma)`` (``torch.round``), emitted as one ``QuantizeLinear`` to
     uint8 with zero point 128 (codes ``q + 128``, exact, see below): ORT's u8 x s8
     ``MatMulInteger`` kernel is ~7x faster than fp32 at batch 1, the s8 x s8 one ~8x slower.
-    ``acc`` is the exact int32 ``q @ Wq^T``; then ``y = acc / gamma * s_w`` (per-channel
-    ``s_w``) or ``y = acc * (s_w / gamma)`` (per-tensor ``s_w``), + bias: the op
-    order of BitNetLayer's inference form ``linear_dynamic_int``, so PyTorch and ORT agree bit
-    for bit (tested).
+    ``acc`` is the exact int32 ``q @ Wq^T``; then ``y = acc * ((m / qmax) * s_w) + bias``: the
+    op order of BitNetLayer's inference form ``linear_dynamic_int`` and of TFLite's hybrid FC,
+    so PyTorch, ORT and LiteRT agree bit for bit (tested).
     """
     a = p.input
     absx = em.op("Abs", [x])
@@ -198,13 +197,15 @@ def lower_dynamic(em: _Emitter, x: ir.Value, p: LayerQuantParams, storage: str) 
     zp_u8 = em.const("input_zero_point", np.array(128, dtype=np.uint8))
     xu8 = em.op("QuantizeLinear", [scaled, unit, zp_u8], out="QuantizeU8")
     acc = em.op("MatMulInteger", [xu8, _weight_int8(em, p, storage), zp_u8])
-    accf = em.op("Cast", [acc], out="CastAcc", to=ir.DataType.FLOAT)
-    if p.weight.granularity == "per_channel":
-        y = em.op("Div", [accf, gamma], out="RescaleInput")
-        y = em.op("Mul", [y, _weight_scale(em, p)], out="RescaleWeight")
-    else:  # per-tensor: one per-row factor s_w / gamma, then a single full-size Mul
-        row = em.op("Div", [_weight_scale(em, p), gamma], out="RowScale")
-        y = em.op("Mul", [accf, row], out="Rescale")
+    # int32 -> float as DequantizeLinear(acc, 1.0) (exact, like Cast): with a Cast, ORT's
+    # MatMulIntegerToFloatFusion would rewrite the rescale as (acc * s_w) * (m / qmax), a
+    # different float32 rounding from TFLite's acc * ((m / qmax) * s_w) (measured)
+    accf = em.op("DequantizeLinear", [acc, unit], out="AccToFloat")
+    # one multiply of the accumulator by (m / qmax) * s_w: TFLite's hybrid FC order, so ONNX,
+    # TFLite and PyTorch's inference form agree bit for bit (per tensor the factor is [B, 1])
+    row = em.op("Div", [m, em.const("qmax_divisor", np.array(a.qmax, dtype=np.float32))], out="RowScale")
+    factor = em.op("Mul", [row, _weight_scale(em, p)], out="RescaleFactor")
+    y = em.op("Mul", [accf, factor], out="Rescale")
     return _add_bias(em, y, p)
 
 

@@ -1,0 +1,107 @@
+"""ONNX IR hub -> TFLite flatbuffer bytes.
+
+Pre-flight first (every op without a lowering, grouped, with module paths, in one error), then
+one registered lowering per node in graph order, then the model's inputs, outputs, SignatureDef
+and metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+import onnx_ir as ir
+
+from bitnet_export._version import __version__
+from bitnet_export.backends.tflite import lower_bitlinear as _lower_bitlinear  # noqa: F401 (registers)
+from bitnet_export.backends.tflite import lower_float as _lower_float  # noqa: F401 (registers)
+from bitnet_export.backends.tflite.context import LoweringContext
+from bitnet_export.backends.tflite.flatbuffer import TflModelBuilder
+from bitnet_export.backends.tflite.registry import LOWERINGS
+from bitnet_export.capture.preflight import format_problems
+from bitnet_export.errors import ExportError
+from bitnet_export.passes.name_nodes import module_path_of
+from bitnet_export.quant.params import LayerQuantParams
+
+__all__ = ["TFLITE_WEIGHT_MODES", "check_supported", "convert_hub"]
+
+TFLITE_WEIGHT_MODES = ("int8", "int4", "int2")
+
+
+def check_supported(graph: ir.Graph) -> None:
+    """Raise one :class:`ExportError` listing every op the TFLite backend cannot lower."""
+    missing: dict[str, list[str]] = defaultdict(list)
+    for node in graph:
+        if (node.domain, node.op_type) not in LOWERINGS:
+            op = f"{node.domain}.{node.op_type}" if node.domain else node.op_type
+            missing[op].append(module_path_of(node) or "<root>")
+    if missing:
+        problems = [f"ONNX {op}: {len(p)} use(s), e.g. in {p[0]}" for op, p in sorted(missing.items())]
+        supported = sorted({op for _, op in LOWERINGS})
+        raise ExportError(
+            format_problems(
+                "pre-flight op analysis for tflite",
+                problems,
+                f"the TFLite backend lowers {', '.join(supported)}; replace the other ops in the "
+                "model. Nothing was written",
+            )
+        )
+
+
+def convert_hub(
+    model: ir.Model,
+    layers: Mapping[str, LayerQuantParams],
+    weights: str,
+    batch: int,
+    extra_metadata: Mapping[str, Any] | None = None,
+) -> bytes:
+    """Lower the hub ``model`` to ``.tflite`` bytes.
+
+    Args:
+        model: the captured hub (BitLinear nodes not yet lowered for ONNX).
+        layers: the recorded parameters per module path (for metadata).
+        weights: ``int8``, ``int4`` or ``int2``.
+        batch: the concrete batch size of the model's tensors (signature keeps -1).
+        extra_metadata: more ``bitnet_export.*`` metadata entries (JSON encoded).
+
+    Raises:
+        ExportError: unsupported ops (all listed), a layer the storage cannot hold, ...
+    """
+    if weights not in TFLITE_WEIGHT_MODES:
+        raise ExportError(
+            f"export_tflite: weights={weights!r}; choose one of {', '.join(TFLITE_WEIGHT_MODES)}"
+        )
+    graph = model.graph
+    check_supported(graph)
+    builder = TflModelBuilder(description=f"bitnet_export {__version__}")
+    ctx = LoweringContext(builder, batch, weights)
+    for value in graph.inputs:
+        idx = ctx.new_float(value)
+        builder.inputs.append(idx)
+        builder.input_names.append(str(value.name))
+    for node in graph:
+        LOWERINGS[(node.domain, node.op_type)](ctx, node)
+    output_scales: dict[str, list[float]] = {}
+    output_ranges: dict[str, list[float]] = {}
+    for value in graph.outputs:
+        alias = ctx.int8.get(id(value))
+        if alias is not None:  # an int8 tensor, dequantized: its LSB is the scale, its range saturates
+            output_scales[str(value.name)] = [alias.scale]
+            output_ranges[str(value.name)] = [
+                (-128 - alias.zero_point) * alias.scale,
+                (127 - alias.zero_point) * alias.scale,
+            ]
+        builder.outputs.append(ctx.float_tensor(value, value.producer() or next(iter(graph))))
+        builder.output_names.append(str(value.name))
+    meta = {
+        "bitnet_export.version": __version__,
+        "bitnet_export.layers": [p.describe() for p in layers.values()],
+        "bitnet_export.weights": weights,
+        "bitnet_export.output_scales": output_scales,
+        "bitnet_export.output_ranges": output_ranges,
+        **dict(extra_metadata or {}),
+    }
+    builder.metadata = {k: json.dumps(v, sort_keys=True).encode() for k, v in meta.items()}
+    return builder.to_bytes()

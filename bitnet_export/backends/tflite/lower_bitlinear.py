@@ -1,0 +1,148 @@
+"""BitLinear hub nodes -> TFLite ``FULLY_CONNECTED``.
+
+* static activations -> **full-integer** FC: int8 input (the recorded calibration's scale and
+  zero point), int8/INT4/INT2 weights (ternary stays -1..1) with per-channel scales on axis 0
+  (zero point 0), int32 bias at scale ``s_in * s_w[c]``, int8 output. Between BitNet layers the
+  graph stays int8 (see :func:`_output_quant`); QUANTIZE/DEQUANTIZE appear only at float
+  boundaries.
+* dynamic per-token activations -> **hybrid** FC (float in, int8/INT4/INT2 weights, float out,
+  ``asymmetric_quantize_inputs=False``): LiteRT's builtin and reference FC kernels then quantize
+  each input row symmetrically with ``absmax / 127`` and round ``x * 127 / absmax``, which is
+  exactly BitNet's per-token 8-bit quantization. XNNPACK also takes this node but always
+  quantizes rows asymmetrically (FIELD_NOTES): the LiteRT adapters run hybrid files on the
+  builtin kernel on purpose.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+import onnx_ir as ir
+
+from bitnet_export.backends.tflite.context import Int8Alias, LoweringContext
+from bitnet_export.backends.tflite.flatbuffer import Quant
+from bitnet_export.backends.tflite.registry import lowers
+from bitnet_export.capture.bitlinear_op import DOMAIN, OP_TYPE, is_bitlinear, read_bitlinear
+from bitnet_export.errors import ExportError
+from bitnet_export.quant.params import LayerQuantParams
+
+__all__ = ["lower_bitlinear"]
+
+_STORAGE_RANGE: Final = {"int8": (-128, 127), "int4": (-8, 7), "int2": (-2, 1)}
+#: FULLY_CONNECTED versions by weight type (LiteRT 2.3 registers 1..14).
+_FC_VERSION: Final = {"float": 1, "int8": 7, "hybrid": 9, "int4": 13, "int2": 14}
+
+
+def _weights(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams) -> int:
+    lo, hi = _STORAGE_RANGE[ctx.weights]
+    codes = p.weight.values
+    if codes.min() < lo or codes.max() > hi:
+        raise ExportError(
+            f"layer {p.module_path!r} (BitNetLayer, precision={p.weight.precision}): weight codes "
+            f"span {int(codes.min())}..{int(codes.max())}, which {ctx.weights} storage ({lo}..{hi}) "
+            "cannot hold; use weights='int8' or a precision that fits"
+        )
+    scales = [float(s) for s in p.weight.scale]
+    q = Quant(scales, [0] * len(scales), axis=0)
+    return ctx.builder.add_constant(ctx.name(node, "weight_q"), codes, dtype=ctx.weights, quant=q)
+
+
+def _single_consumer(value: ir.Value) -> ir.Node | None:
+    uses = list(value.uses())
+    if len(uses) != 1 or value.is_graph_output():
+        return None
+    return uses[0].node
+
+
+def _output_quant(node: ir.Node, p: LayerQuantParams) -> tuple[float, int]:
+    """The int8 output's (scale, zero point).
+
+    When the output feeds exactly one static BitLinear (directly or through one Relu), the FC
+    requantizes straight to that layer's input scale and zero point, so the chain stays int8
+    with a single rounding (ReLU commutes with quantization). Otherwise: the recorded range of
+    this layer's own output (calibration), then DEQUANTIZE at the float boundary.
+    """
+    nxt = _single_consumer(node.outputs[0])
+    if nxt is not None and nxt.op_type == "Relu" and nxt.domain == "":
+        nxt = _single_consumer(nxt.outputs[0])
+    if nxt is not None and is_bitlinear(nxt):
+        q = read_bitlinear(nxt).input
+        if q.mode == "static" and q.scale is not None and q.zero_point is not None:
+            return q.scale, q.zero_point
+    assert p.output is not None and p.output.scale is not None and p.output.zero_point is not None
+    return p.output.scale, p.output.zero_point
+
+
+def _full_integer(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams) -> None:
+    a = p.input
+    assert a.scale is not None and a.zero_point is not None and node.inputs[0] is not None
+    if (a.qmin, a.qmax) != (-128, 127):
+        raise ExportError(
+            f"layer {p.module_path!r} (BitNetLayer): TFLite full-integer FC takes int8 activations; "
+            f"activation_bits={a.bits} is not supported; use activation_bits=8"
+        )
+    x = ctx.int8_tensor(node.inputs[0], a.scale, a.zero_point, node)
+    w = _weights(ctx, node, p)
+    s_w = np.broadcast_to(p.weight.scale.astype(np.float64), (p.out_features,))
+    bias_scale = (np.float32(a.scale) * s_w.astype(np.float32)).astype(np.float32)
+    bias = -1
+    if p.bias is not None:
+        # int32 bias at scale s_in * s_w[c], zero point 0 (TFLite's int8 FC contract)
+        bq = np.clip(np.rint(p.bias.astype(np.float64) / bias_scale), -(2**31), 2**31 - 1).astype(np.int32)
+        # the bias' quantization mirrors the filter's: one scale for a per-tensor filter (LiteRT
+        # reads a multi-scale bias as scale 0 and fails its bias-scale check otherwise)
+        n = p.out_features if p.weight.granularity == "per_channel" else 1
+        q = Quant([float(s) for s in bias_scale[:n]], [0] * n, axis=0)
+        bias = ctx.builder.add_constant(ctx.name(node, "bias_q"), bq, dtype="int32", quant=q)
+    out_scale, out_zp = _output_quant(node, p)
+    out_value = node.outputs[0]
+    dims, sig = ctx.shape(out_value)
+    out = ctx.builder.add_tensor(
+        ctx.name(node, "output_int8"), dims, "int8", Quant([out_scale], [out_zp]), sig
+    )
+    ctx.builder.add_op(
+        "FULLY_CONNECTED",
+        [x, w, bias],
+        [out],
+        fusedActivationFunction=0,
+        keepNumDims=len(dims) > 2,
+        _version=_FC_VERSION["int8" if ctx.weights == "int8" else ctx.weights],
+    )
+    ctx.int8[id(out_value)] = Int8Alias(out, out_scale, out_zp)
+
+
+def _hybrid(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams) -> None:
+    if p.input.bits != 8:
+        raise ExportError(
+            f"layer {p.module_path!r} (BitNetLayer): TFLite's hybrid FC quantizes rows to 8 bits; "
+            f"activation_bits={p.input.bits} is not supported; use activation_bits=8"
+        )
+    assert node.inputs[0] is not None
+    x = ctx.float_tensor(node.inputs[0], node)
+    w = _weights(ctx, node, p)
+    bias = -1
+    if p.bias is not None:
+        bias = ctx.builder.add_constant(ctx.name(node, "bias"), p.bias.astype(np.float32))
+    out = ctx.new_float(node.outputs[0], ctx.name(node, "output"))
+    dims, _ = ctx.shape(node.outputs[0])
+    ctx.builder.add_op(
+        "FULLY_CONNECTED",
+        [x, w, bias],
+        [out],
+        fusedActivationFunction=0,
+        keepNumDims=len(dims) > 2,
+        # the builtin kernel's per-row symmetric absmax/127 quantization is BitNet's per-token one
+        asymmetricQuantizeInputs=False,
+        _version=_FC_VERSION["hybrid" if ctx.weights == "int8" else ctx.weights],
+    )
+
+
+@lowers(OP_TYPE, DOMAIN)
+def lower_bitlinear(ctx: LoweringContext, node: ir.Node) -> None:
+    """``bitnet_export.BitLinear(x, weight_q, weight_scale[, bias])`` -> FULLY_CONNECTED."""
+    p = read_bitlinear(node)
+    if p.input.mode == "static":
+        _full_integer(ctx, node, p)
+    else:
+        _hybrid(ctx, node, p)
