@@ -250,8 +250,8 @@ def export_tflite(
 def verify(
     model: nn.Module,
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
-    path: str | Path,
-    targets: Sequence[str | RuntimeAdapter] = ("ort-cpu",),
+    path: str | Path | Sequence[str | Path],
+    targets: Sequence[str | RuntimeAdapter] | None = None,
     *,
     inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
     seed: int = 0,
@@ -260,16 +260,21 @@ def verify(
     """Run the parity engine: PyTorch vs every target on the same inputs.
 
     Args:
-        model: the model the file was exported from.
+        model: the model the file(s) were exported from.
         example_inputs: used for the shapes (and mean/spread) of seeded inputs.
-        path: the exported file.
-        targets: runtime targets (``"ort-cpu"``) or adapter objects.
+        path: the exported file, or several (e.g. the ONNX and the TFLite export of one
+            checkpoint: one report shows PyTorch vs ORT vs LiteRT).
+        targets: runtime targets (``"ort-cpu"``, ``"litert-builtin"``...) or adapter objects;
+            ``None``: every target that can run each file.
         inputs: user data to use instead of seeded random inputs.
         seed: seed of the random inputs.
         tolerance: override the explicit per-mode tolerance.
 
     Returns:
         The :class:`ParityReport` (``.passed``, ``.format_table()``, ``.to_json()``).
+
+    Raises:
+        ExportError: a file that cannot be read (missing, truncated, wrongly packed).
     """
     if inputs is not None:
         used = _as_tuple(inputs)
@@ -277,4 +282,5 @@ def verify(
     else:
         used = seeded_inputs(_as_tuple(example_inputs), seed)
         desc = {"source": "seeded random, like example_inputs", "seed": seed}
-    return run_parity(model, Path(path), used, targets, tolerance, desc)
+    paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+    return run_parity(model, paths, used, targets, tolerance, desc)

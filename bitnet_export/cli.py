@@ -2,9 +2,9 @@
 
 Commands::
 
-    bitnet-export export  SPEC --out model.onnx [--checkpoint CKPT] [--weights int8] [--opset N]
-                          [--no-dynamic-batch] [--format onnx]
-    bitnet-export verify  model.onnx SPEC [--checkpoint CKPT] [--target ort-cpu ...]
+    bitnet-export export  SPEC --out model.onnx [--format onnx|tflite] [--weights int8] [--opset N]
+                          [--checkpoint CKPT] [--no-dynamic-batch]
+    bitnet-export verify  model.onnx [model.tflite ...] SPEC [--checkpoint CKPT] [--target T ...]
                           [--json report.json] [--seed N]
     bitnet-export inspect model.onnx
     bitnet-export demo    [--out out/demo] [--epochs 60]
@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from bitnet_export._version import __version__
-from bitnet_export.api import export_onnx, verify
+from bitnet_export.api import export_onnx, export_tflite, verify
 from bitnet_export.backends.onnx.inspect import inspect_onnx
 from bitnet_export.backends.onnx.lower_bitlinear import WEIGHT_MODES
 from bitnet_export.errors import BitNetExportError
@@ -63,7 +63,7 @@ EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 
 #: ``--format`` -> exporter. A new backend (``tflite``) is one more entry.
-FORMATS: Final[dict[str, Callable[..., Any]]] = {"onnx": export_onnx}
+FORMATS: Final[dict[str, Callable[..., Any]]] = {"onnx": export_onnx, "tflite": export_tflite}
 
 _SPEC_EXAMPLES = "e.g. 'bitnet_export.zoo.digits:factory' or 'examples/model.py:make'"
 _PROG = "bitnet-export"
@@ -291,28 +291,28 @@ def _load_model(spec: str, checkpoint: Path | None) -> tuple[nn.Module, tuple[to
 # ------------------------------------------------------------------------------------- commands
 def _cmd_export(args: argparse.Namespace) -> int:
     model, inputs = _load_model(args.spec, args.checkpoint)
-    exporter = FORMATS[args.format]
-    result = exporter(
-        model,
-        inputs,
-        args.out,
-        weights=args.weights,
-        opset=args.opset,
-        dynamic_batch=args.dynamic_batch,
-        progress=True,
-    )
+    options: dict[str, Any] = {"weights": args.weights, "progress": True}
+    if args.format == "onnx":
+        options.update(opset=args.opset, dynamic_batch=args.dynamic_batch)
+    elif args.opset is not None:
+        raise CliError("export: --opset applies to --format onnx only")
+    result = FORMATS[args.format](model, inputs, args.out, **options)
     print(result.summary())
     return EXIT_OK
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    path: Path = args.file
-    if not path.is_file():
-        raise CliError(f"verify: {path} not found; export it first with '{_PROG} export SPEC --out {path}'")
+    paths: list[Path] = args.files
+    for path in paths:
+        if not path.is_file():
+            raise CliError(
+                f"verify: {path} not found; export it first with '{_PROG} export SPEC --out {path}'"
+            )
     model, inputs = _load_model(args.spec, args.checkpoint)
-    targets: list[str] = args.target or ["ort-cpu"]
-    _say(f"verifying {path} on {', '.join(targets)} (seed {args.seed}) ...")
-    report = verify(model, inputs, path, targets, seed=args.seed)
+    targets: list[str] | None = args.target
+    names = ", ".join(targets) if targets else "every runtime that can run each file"
+    _say(f"verifying {', '.join(map(str, paths))} on {names} (seed {args.seed}) ...")
+    report = verify(model, inputs, paths, targets, seed=args.seed)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         report.to_json(args.json)  # atomic: temporary file + os.replace
@@ -429,7 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("spec", metavar="SPEC", help="module:factory or file.py:factory")
     exp.add_argument("--checkpoint", type=Path, metavar="CKPT", help="state dict to load (torch.save)")
     exp.add_argument("--format", choices=sorted(FORMATS), default="onnx", help="file format (default: onnx)")
-    exp.add_argument("--weights", choices=WEIGHT_MODES, default="int8", help="weight storage (default: int8)")
+    exp.add_argument(
+        "--weights",
+        choices=WEIGHT_MODES,
+        default="int8",
+        help="weight storage (default: int8; matmulnbits: onnx only)",
+    )
     exp.add_argument("--out", type=Path, required=True, metavar="PATH", help="file to write")
     exp.add_argument("--opset", type=int, metavar="N", help="default-domain opset (default: 21, 25 for int2)")
     exp.add_argument(
@@ -442,14 +447,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare a file on runtimes with PyTorch",
         description="Run PyTorch and every target on the same seeded inputs; exit 1 when out of tolerance.",
     )
-    ver.add_argument("file", type=Path, metavar="FILE", help="the exported file")
+    ver.add_argument(
+        "files", type=Path, nargs="+", metavar="FILE", help="exported file(s): .onnx and/or .tflite"
+    )
     ver.add_argument("spec", metavar="SPEC", help="module:factory or file.py:factory it was exported from")
     ver.add_argument("--checkpoint", type=Path, metavar="CKPT", help="state dict to load (torch.save)")
     ver.add_argument(
         "--target",
         action="append",
         choices=sorted(ADAPTERS),
-        help="runtime target, repeatable (default: ort-cpu)",
+        help="runtime target, repeatable (default: every target that can run each file)",
     )
     ver.add_argument("--json", type=Path, metavar="OUT.json", help="also write the report as JSON")
     ver.add_argument(

@@ -275,3 +275,27 @@ def test_python_dash_m(exported):
     )
     assert proc.returncode == 0, proc.stderr
     assert "MatMulInteger" in proc.stdout
+
+
+def test_tflite_export_and_one_report_over_onnx_and_tflite(exported, specs, tmp_path, capsys):
+    tfl = tmp_path / "a.tflite"
+    assert main(["export", specs["a"], "--format", "tflite", "--weights", "int8", "--out", str(tfl)]) == 0
+    assert tfl.read_bytes()[4:8] == b"TFL3"
+    assert main(["export", specs["a"], "--format", "tflite", "--opset", "21", "--out", str(tfl)]) == 2
+    capsys.readouterr()
+    report = tmp_path / "both.json"
+    code = main(["verify", str(exported["path"]), str(tfl), specs["a"], "--json", str(report)])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    data = json.loads(report.read_text())
+    targets = [r["target"] for r in data["results"]]
+    # ORT on the ONNX file, every LiteRT kernel set on the int8 TFLite file, in one report
+    assert targets == [
+        "ort-cpu [a.onnx]",
+        "litert-builtin [a.tflite]",
+        "litert-reference [a.tflite]",
+        "litert-xnnpack [a.tflite]",
+        "litert-compiled-cpu [a.tflite]",
+    ]
+    assert data["passed"] is True
+    assert "ties rounded away from zero" in out

@@ -20,7 +20,7 @@ from bitnet_export.quant.functional import RoundingMode, activation_rounding
 from runtimes import make_adapter
 from runtimes.protocol import RuntimeAdapter
 
-__all__ = ["reference_outputs", "run_parity", "seeded_inputs"]
+__all__ = ["DEFAULT_TARGETS", "default_targets", "reference_outputs", "run_parity", "seeded_inputs"]
 
 
 def seeded_inputs(example_inputs: Sequence[torch.Tensor], seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -82,30 +82,76 @@ def _file_facts(path: Path) -> _FileFacts:
     )
 
 
+#: Runtime targets by file format, for ``targets=None``. XNNPACK-based targets are added for
+#: int8 TFLite files only: XNNPACK does not take INT4/INT2 FULLY_CONNECTED graphs.
+DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
+    "onnx": ("ort-cpu",),
+    "tflite": ("litert-builtin", "litert-reference"),
+}
+_XNNPACK_TARGETS = ("litert-xnnpack", "litert-compiled-cpu")
+
+
+def default_targets(path: Path) -> tuple[str, ...]:
+    """The runtime targets that can run ``path`` (by format and weight storage)."""
+    facts = _file_facts(path)
+    targets = DEFAULT_TARGETS[facts.format]
+    if facts.format == "tflite" and facts.weights == "int8":
+        targets = (*targets, *_XNNPACK_TARGETS)
+    return targets
+
+
+def _target_matches(target: str | RuntimeAdapter, fmt: str) -> bool:
+    name = target if isinstance(target, str) else target.name
+    return name.startswith("ort-") if fmt == "onnx" else name.startswith("litert-")
+
+
 def run_parity(
     model: nn.Module,
-    path: Path,
+    path: Path | Sequence[Path],
     inputs: Sequence[torch.Tensor],
-    targets: Sequence[str | RuntimeAdapter] = ("ort-cpu",),
+    targets: Sequence[str | RuntimeAdapter] | None = ("ort-cpu",),
     tolerance: Tolerance | None = None,
     inputs_description: Mapping[str, Any] | None = None,
 ) -> ParityReport:
-    """Compare every target's outputs on ``path`` with PyTorch's on the same ``inputs``.
+    """Compare every target's outputs on the file(s) with PyTorch's on the same ``inputs``.
 
-    A target that fails to load or run becomes a failed result carrying its error message; it
-    never aborts the others. A file that cannot be read at all (truncated, wrongly packed
-    weights) raises before anything runs.
+    With several files (an ONNX and a TFLite export of the same checkpoint, say) one report
+    holds every (file, runtime) pair; each target runs the files of its format (``ort-*``:
+    ONNX, ``litert-*``: TFLite). A target that fails to load or run becomes a failed result
+    carrying its error message; it never aborts the others. A file that cannot be read at all
+    (truncated, wrongly packed weights) raises before anything runs.
 
     Args:
         model: the PyTorch model the file was exported from.
-        path: the exported file.
+        path: the exported file, or several.
         inputs: positional model inputs (float tensors).
-        targets: runtime names (see ``runtimes.ADAPTERS``) or adapter objects.
+        targets: runtime names (see ``runtimes.ADAPTERS``) or adapter objects; ``None``: every
+            target that can run each file (:func:`default_targets`).
         tolerance: override the per-mode tolerance table.
         inputs_description: how the inputs were made, for the report.
     """
-    path = Path(path)
-    facts = _file_facts(path)  # first: a truncated or corrupt file is an error before any run
+    paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+    facts = {p: _file_facts(p) for p in paths}  # first: a corrupt file is an error before any run
+    results: list[TargetResult] = []
+    for p in paths:
+        chosen = default_targets(p) if targets is None else targets
+        if len(paths) > 1:
+            chosen = [t for t in chosen if _target_matches(t, facts[p].format)]
+        results += _run_file(model, p, facts[p], inputs, chosen, tolerance, len(paths) > 1)
+    desc = dict(inputs_description or {})
+    desc.setdefault("shapes", [list(t.shape) for t in inputs])
+    return ParityReport(model=", ".join(p.name for p in paths), results=tuple(results), inputs=desc)
+
+
+def _run_file(
+    model: nn.Module,
+    path: Path,
+    facts: _FileFacts,
+    inputs: Sequence[torch.Tensor],
+    targets: Sequence[str | RuntimeAdapter],
+    tolerance: Tolerance | None,
+    label_with_file: bool,
+) -> list[TargetResult]:
     # TFLite's kernels round activation codes half away from zero (std::round), ONNX half to
     # even like torch.round: the reference follows the file's format on exact .5 ties
     rounding: RoundingMode = "half_away" if facts.format == "tflite" else "half_even"
@@ -114,6 +160,7 @@ def run_parity(
     results = []
     for target in targets:
         adapter = make_adapter(target) if isinstance(target, str) else target
+        label = f"{adapter.name} [{path.name}]" if label_with_file else adapter.name
         tol = tolerance or tolerance_for(facts.modes, facts.weights, adapter.name, facts.format)
         try:
             adapter.load(path)
@@ -122,9 +169,7 @@ def run_parity(
             got = adapter.run(feed)
             runtime = adapter.info().as_dict()
         except Exception as exc:  # reported as this target's failure
-            results.append(
-                TargetResult(adapter.name, ref_name, {}, (), tol, error=f"{type(exc).__name__}: {exc}")
-            )
+            results.append(TargetResult(label, ref_name, {}, (), tol, error=f"{type(exc).__name__}: {exc}"))
             continue
         metrics = []
         reference = ref_name
@@ -140,7 +185,5 @@ def run_parity(
         error = None
         if len(got) != len(ref):
             error = f"{len(got)} outputs from the runtime, {len(ref)} from PyTorch"
-        results.append(TargetResult(adapter.name, reference, runtime, tuple(metrics), tol, error=error))
-    desc = dict(inputs_description or {})
-    desc.setdefault("shapes", [list(t.shape) for t in inputs])
-    return ParityReport(model=path.name, results=tuple(results), inputs=desc)
+        results.append(TargetResult(label, reference, runtime, tuple(metrics), tol, error=error))
+    return results

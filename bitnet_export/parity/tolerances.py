@@ -42,7 +42,8 @@ _HYBRID = Tolerance(
 _HYBRID_XNNPACK = Tolerance(
     max_rel=5e-2,
     min_cosine=0.999,
-    note="XNNPACK quantizes hybrid FC rows asymmetrically, not like BitNet: use litert-builtin",
+    note="XNNPACK (also CompiledModel's CPU path) quantizes hybrid FC rows asymmetrically, "
+    "not like BitNet: use litert-builtin",
 )
 _FULL_INTEGER = Tolerance(
     max_lsb=3.0,
@@ -68,7 +69,8 @@ def tolerance_for(modes: Iterable[str], weights: str | None, runtime: str, fmt: 
     if fmt == "tflite":
         if "static" in modes:
             return _FULL_INTEGER
-        return _HYBRID_XNNPACK if runtime == "litert-xnnpack" else _HYBRID
+        # CompiledModel's CPU accelerator is XNNPACK too
+        return _HYBRID_XNNPACK if runtime in ("litert-xnnpack", "litert-compiled-cpu") else _HYBRID
     if weights == "matmulnbits":
         return _MATMULNBITS
     return _EXACT
