@@ -182,6 +182,7 @@ def export_tflite(
     *,
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
+    weights_after: bool | None = None,
     progress: bool = False,
 ) -> ExportResult:
     """Export ``model`` to a TFLite flatbuffer, without TensorFlow.
@@ -198,6 +199,8 @@ def export_tflite(
         weights: ``int8``, ``int4`` (TensorType INT4) or ``int2`` (INT2), packed low bits first.
         input_names: SignatureDef input names.
         output_names: SignatureDef output names.
+        weights_after: store the weights after the flatbuffer (``Buffer.offset/size``), as
+            models over 2 GiB need; ``None``: only above ~1.9 GB of weights.
         progress: print progress steps to stderr.
 
     Returns:
@@ -220,7 +223,7 @@ def export_tflite(
     name_nodes(hub)
     say(f"lowering to TFLite with weights={weights}")
     batch = int(args[0].shape[0]) if args[0].dim() > 0 else 1
-    data = convert_hub(hub, captured.layers, weights, batch)
+    data = convert_hub(hub, captured.layers, weights, batch, weights_after=weights_after)
     path = Path(path)
     say(f"writing {path}")
     atomic_write_bytes(path, data)

@@ -322,3 +322,29 @@ def test_bad_packing_and_truncated_files_are_clear_errors(tmp_path):
         read_model(bad.read_bytes())
     with pytest.raises(ExportError, match="wrong size"):
         bx.verify(model, example, bad, targets=LITERT)
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_weights_after_the_flatbuffer(tmp_path, mode):
+    """The >2 GiB layout (Buffer.offset/size), forced on a small model: same model, same outputs."""
+    model, example = _mixed("int4", mode)
+    inline = bx.export_tflite(model, example, tmp_path / "in.tflite", weights="int4")
+    after = bx.export_tflite(model, example, tmp_path / "after.tflite", weights="int4", weights_after=True)
+    from ai_edge_litert import schema_py_generated as schema
+
+    raw = after.path.read_bytes()
+    fb = schema.ModelT.InitFromPackedBuf(bytearray(raw), 0)
+    external = [b for b in fb.buffers if b.offset]
+    assert external and all(b.data is None and b.offset % 64 == 0 for b in external)
+    assert all(b.offset + b.size <= len(raw) for b in external)
+    assert [t.data for t in read_model(inline.path.read_bytes()).tensors] == [
+        t.data for t in read_model(raw).tensors
+    ]
+    x = torch.randn(16, 32).numpy()
+    for target in ("litert-reference", "litert-xnnpack", "litert-builtin"):
+        a, b = make_adapter(target), make_adapter(target)
+        a.load(inline.path)
+        b.load(after.path)
+        np.testing.assert_array_equal(
+            next(iter(a.run({"x": x}).values())), next(iter(b.run({"x": x}).values()))
+        )

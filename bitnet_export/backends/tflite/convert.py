@@ -56,6 +56,7 @@ def convert_hub(
     weights: str,
     batch: int,
     extra_metadata: Mapping[str, Any] | None = None,
+    weights_after: bool | None = None,
 ) -> bytes:
     """Lower the hub ``model`` to ``.tflite`` bytes.
 
@@ -65,6 +66,7 @@ def convert_hub(
         weights: ``int8``, ``int4`` or ``int2``.
         batch: the concrete batch size of the model's tensors (signature keeps -1).
         extra_metadata: more ``bitnet_export.*`` metadata entries (JSON encoded).
+        weights_after: weights after the flatbuffer (see ``TflModelBuilder.to_bytes``).
 
     Raises:
         ExportError: unsupported ops (all listed), a layer the storage cannot hold, ...
@@ -104,4 +106,4 @@ def convert_hub(
         **dict(extra_metadata or {}),
     }
     builder.metadata = {k: json.dumps(v, sort_keys=True).encode() for k, v in meta.items()}
-    return builder.to_bytes()
+    return builder.to_bytes(weights_after)

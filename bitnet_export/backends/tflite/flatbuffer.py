@@ -73,6 +73,15 @@ TENSOR_TYPES: Final = {
 _TYPE_NAMES: Final = {v: k for k, v in TENSOR_TYPES.items()}
 _BITS: Final = {"int4": 4, "int2": 2}
 
+#: Above this many bytes of weights, constant buffers go after the flatbuffer.
+EXTERNAL_WEIGHTS_THRESHOLD: Final = 1_900_000_000
+_ALIGN: Final = 64
+
+
+def _align(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
 _OPTIONS: Final = {
     "FULLY_CONNECTED": (schema.BuiltinOptions.FullyConnectedOptions, schema.FullyConnectedOptionsT),
     "ADD": (schema.BuiltinOptions.AddOptions, schema.AddOptionsT),
@@ -203,18 +212,40 @@ class TflModelBuilder:
         self.ops.append(_Op(name or "", kind, list(inputs), list(outputs), options))
 
     # ------------------------------------------------------------------ serialization
-    def to_bytes(self) -> bytes:
-        """Serialize to a ``.tflite`` flatbuffer.
+    def to_bytes(self, weights_after: bool | None = None) -> bytes:
+        """Serialize to a ``.tflite`` file's bytes.
 
-        Raises:
-            ExportError: the model would exceed the flatbuffer's 2 GiB limit.
+        Args:
+            weights_after: store constant buffers after the flatbuffer (``Buffer.offset/size``,
+                offsets from the file start), as models over 2 GiB must: the flatbuffers
+                builder cannot exceed 2^31 bytes. ``None``: only when the weights need it.
         """
         total = sum(len(b) for b in self.buffers)
-        if total > 2_000_000_000:
-            raise ExportError(
-                f"tflite writer: {total / 1e9:.2f} GB of weights exceeds the 2 GiB flatbuffer limit; "
-                "weights after the flatbuffer (Buffer.offset/size) are not implemented yet"
-            )
+        if weights_after is None:
+            weights_after = total > EXTERNAL_WEIGHTS_THRESHOLD
+        if not weights_after:
+            return self._serialize({})
+        big = [i for i, b in enumerate(self.buffers) if len(b) >= 16]
+        # 1) placeholder offsets (non-zero, so the fields are written), 2) the real ones: the
+        # uint64 fields keep their width, so the flatbuffer's length does not change
+        placeholder = {i: (1, len(self.buffers[i])) for i in big}
+        head = self._serialize(placeholder)
+        offsets, cursor = {}, _align(len(head))
+        for i in big:
+            offsets[i] = (cursor, len(self.buffers[i]))
+            cursor = _align(cursor + len(self.buffers[i]))
+        head = self._serialize(offsets)
+        if big and _align(len(head)) != offsets[big[0]][0]:
+            raise InternalError("tflite: flatbuffer length changed between the two passes")
+        out = bytearray(head)
+        for i in big:
+            out += b"\0" * (offsets[i][0] - len(out))
+            out += self.buffers[i]
+        return bytes(out)
+
+    def _serialize(self, external: Mapping[int, tuple[int, int]]) -> bytes:
+        """The flatbuffer; buffers in ``external`` get ``offset/size`` instead of inline data."""
+        inline = sum(len(b) for i, b in enumerate(self.buffers) if i not in external)
         model = schema.ModelT()
         model.version = 3
         model.description = self.description
@@ -270,9 +301,12 @@ class TflModelBuilder:
         sub.outputs = list(self.outputs)
         model.subgraphs = [sub]
         model.buffers = []
-        for data in self.buffers:
+        for i, data in enumerate(self.buffers):
             b = schema.BufferT()
-            b.data = np.frombuffer(data, dtype=np.uint8) if data else None
+            if i in external:
+                b.offset, b.size = external[i]
+            else:
+                b.data = np.frombuffer(data, dtype=np.uint8) if data else None
             model.buffers.append(b)
         model.metadata = []
         for meta_name, value in self.metadata.items():
@@ -289,7 +323,12 @@ class TflModelBuilder:
         sig.inputs = [_tensor_map(n, i) for n, i in zip(self.input_names, self.inputs, strict=True)]
         sig.outputs = [_tensor_map(n, i) for n, i in zip(self.output_names, self.outputs, strict=True)]
         model.signatureDefs = [sig]
-        fb = flatbuffers.Builder(1024 + total + total // 8)
+        if inline > 2_000_000_000:
+            raise ExportError(
+                f"tflite writer: {inline / 1e9:.2f} GB of inline weights exceeds the 2 GiB flatbuffer "
+                "limit; write them after the flatbuffer (weights_after=True)"
+            )
+        fb = flatbuffers.Builder(1024 + inline + inline // 8)
         fb.Finish(model.Pack(fb), file_identifier=b"TFL3")
         return bytes(fb.Output())
 
