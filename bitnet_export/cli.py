@@ -38,8 +38,10 @@ from torch import nn
 
 from bitnet_export._version import __version__
 from bitnet_export.api import export_onnx, export_tflite, verify
+from bitnet_export.backends import file_format
 from bitnet_export.backends.onnx.inspect import inspect_onnx
 from bitnet_export.backends.onnx.lower_bitlinear import WEIGHT_MODES
+from bitnet_export.backends.tflite.inspect import inspect_tflite
 from bitnet_export.errors import BitNetExportError
 from runtimes import ADAPTERS
 
@@ -354,12 +356,18 @@ def _fmt_layer(layer: dict[str, Any]) -> str:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    info = inspect_onnx(args.file)
+    if not Path(args.file).is_file():
+        raise CliError(f"inspect: {args.file} not found")
+    if file_format(args.file) == "tflite":
+        info = inspect_tflite(args.file)
+    else:
+        info = inspect_onnx(args.file)
     out: list[str] = [f"{info['path']}"]
     out.append(f"  producer   {info['producer'] or '?'} (IR version {info['ir_version']})")
     opsets = ", ".join(f"{d or 'ai.onnx'} {v}" for d, v in info["opset_imports"].items())
     out.append(f"  opsets     {opsets}")
-    size = f"  size       {_fmt_bytes(info['total_bytes'])} ({info['file_bytes']} B .onnx"
+    suffix = ".tflite" if info.get("format") == "tflite" else ".onnx"
+    size = f"  size       {_fmt_bytes(info['total_bytes'])} ({info['file_bytes']} B {suffix}"
     for ext in info["external_data"]:
         size += f" + {ext['bytes']} B {Path(ext['file']).name}" + ("" if ext["exists"] else " MISSING")
     out.append(size + f"; weights {_fmt_bytes(info['initializer_bytes'])})")
@@ -476,7 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     ins = sub.add_parser(
         "inspect", help="list ops, weights per layer and metadata of a file", description="Inspect a file."
     )
-    ins.add_argument("file", type=Path, metavar="FILE", help="an .onnx file (external data is not loaded)")
+    ins.add_argument(
+        "file", type=Path, metavar="FILE", help="an .onnx (external data is not loaded) or .tflite file"
+    )
     ins.set_defaults(handler=_cmd_inspect)
     return parser
 

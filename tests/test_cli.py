@@ -299,3 +299,6 @@ def test_tflite_export_and_one_report_over_onnx_and_tflite(exported, specs, tmp_
     ]
     assert data["passed"] is True
     assert "ties rounded away from zero" in out
+    assert main(["inspect", str(tfl)]) == 0
+    out, _ = capsys.readouterr()
+    assert "FULLY_CONNECTED" in out and "int8" in out and "B .tflite" in out

@@ -66,7 +66,10 @@ class LoweringContext:
     def new_float(self, value: ir.Value, name: str | None = None) -> int:
         """Create the float TFLite tensor of ``value`` and bind it."""
         dims, sig = self.shape(value)
-        idx = self.builder.add_tensor(name or str(value.name), dims, "float32", shape_signature=sig)
+        if name is None:  # "<module>/<Op>:0" after the producing node (named by passes.name_nodes)
+            producer = value.producer()
+            name = f"{producer.name}:{value.index()}" if producer is not None else str(value.name)
+        idx = self.builder.add_tensor(name, dims, "float32", shape_signature=sig)
         self.floats[id(value)] = idx
         return idx
 
@@ -92,7 +95,7 @@ class LoweringContext:
             return self.constant(value)
         if key in self.int8:
             alias = self.int8[key]
-            idx = self.new_float(value, f"{value.name}/dequantized")
+            idx = self.new_float(value, f"{self.builder.tensors[alias.index].name}/dequantized")
             self.builder.add_op("DEQUANTIZE", [alias.index], [idx], _version=2)
             return idx
         raise InternalError(
