@@ -1,7 +1,8 @@
 """The main job, end to end, on the default embedded example (digits).
 
-train (float and BitNet-ternary QAT) -> export ONNX in every weight mode -> verify on ONNX
-Runtime against PyTorch on the test split -> summary table and JSON reports.
+train (float and BitNet-ternary QAT) -> export ONNX and TFLite in every weight mode -> verify
+each file on every runtime that can run it (ONNX Runtime; LiteRT builtin/reference/XNNPACK)
+against PyTorch on the test split -> summary table and JSON reports.
 """
 
 from __future__ import annotations
@@ -13,20 +14,24 @@ from pathlib import Path
 
 import torch
 
-from bitnet_export.api import export_onnx, verify
+from bitnet_export.api import export_onnx, export_tflite, verify
+from bitnet_export.parity.engine import default_targets
 from bitnet_export.training import calibrate, configure_model
 from bitnet_export.zoo.digits import DigitsMLP, accuracy, load_digits, train
-from runtimes.ort_cpu import OrtCpuAdapter
+from runtimes import make_adapter
 
 __all__ = ["DemoRow", "run_demo"]
 
 #: (label, activation mode, weight storage) exported by the demo.
 MODES = (
-    ("int8 weights, per-token activations", "dynamic", "int8"),
-    ("int4 weights, per-token activations", "dynamic", "int4"),
-    ("int2 weights, per-token activations", "dynamic", "int2"),
-    ("MatMulNBits 2-bit (ORT contrib)", "dynamic", "matmulnbits"),
-    ("int8 weights, static int8 activations", "static", "int8"),
+    ("ONNX int8 weights, per-token acts", "onnx", "dynamic", "int8"),
+    ("ONNX int4 weights, per-token acts", "onnx", "dynamic", "int4"),
+    ("ONNX int2 weights, per-token acts", "onnx", "dynamic", "int2"),
+    ("ONNX MatMulNBits 2-bit", "onnx", "dynamic", "matmulnbits"),
+    ("ONNX int8, static int8 acts", "onnx", "static", "int8"),
+    ("TFLite hybrid int8 (per-token)", "tflite", "dynamic", "int8"),
+    ("TFLite hybrid int2 (per-token)", "tflite", "dynamic", "int2"),
+    ("TFLite full-integer int8", "tflite", "static", "int8"),
 )
 
 
@@ -62,29 +67,29 @@ def run_demo(out_dir: Path = Path("out/demo"), epochs: int = 60, seed: int = 0) 
     print(f"          float MLP test accuracy {accs['float'] * 100:.2f}%")
     print(f"          BitNet ternary MLP      {accs['bitnet'] * 100:.2f}%")
 
-    print(f"step 2/3  export ONNX ({len(MODES)} modes) and verify on ONNX Runtime vs PyTorch")
+    print(f"step 2/3  export ({len(MODES)} files) and verify each on its runtimes vs PyTorch")
     rows = []
-    for label, mode, weights in MODES:
+    for label, fmt, mode, weights in MODES:
         model = copy.deepcopy(models["bitnet"])
         if mode == "static":
             configure_model(model, activation_mode="static")
             calibrate(model, [data.x_train])
         tag = f"digits_{mode}_{weights}"
-        res = export_onnx(model, data.x_test[:1], out_dir / f"{tag}.onnx", weights=weights)
+        export = export_onnx if fmt == "onnx" else export_tflite
+        res = export(model, data.x_test[:1], out_dir / f"{tag}.{fmt}", weights=weights)
         report = verify(model, data.x_test[:1], res.path, inputs=data.x_test)
-        report.to_json(out_dir / f"{tag}.parity.json")
+        report.to_json(out_dir / f"{tag}.{fmt}.parity.json")
         print(report.format_table())
-        result = report.results[0]
-        max_rel = result.outputs[0].max_rel if result.outputs else float("nan")
-        top1 = (result.outputs[0].top1_agreement or 0.0) if result.outputs else 0.0
-        ort = OrtCpuAdapter()
-        ort.load(res.path)
-        logits = ort.run({res.input_names[0]: data.x_test.numpy()})[res.output_names[0]]
+        worst = max((r.outputs[0].max_rel for r in report.results if r.outputs), default=float("nan"))
+        top1 = min(((r.outputs[0].top1_agreement or 0.0) for r in report.results if r.outputs), default=0.0)
+        runtime = make_adapter(default_targets(res.path)[0])
+        runtime.load(res.path)
+        logits = runtime.run({res.input_names[0]: data.x_test.numpy()})[res.output_names[0]]
         rt_acc = float((torch.from_numpy(logits).argmax(-1) == data.y_test).float().mean())
-        rows.append(DemoRow(label, res.path, res.size_bytes, max_rel, top1, rt_acc, report.passed))
+        rows.append(DemoRow(label, res.path, res.size_bytes, worst, top1, rt_acc, report.passed))
 
     print("step 3/3  summary")
-    header = f"{'mode':<40} {'file':>9} {'max rel err':>11} {'top-1 agr':>9} {'ORT acc':>8}  result"
+    header = f"{'file':<40} {'size':>9} {'max rel err':>11} {'top-1 agr':>9} {'rt acc':>8}  result"
     print(header)
     print("-" * len(header))
     for r in rows:

@@ -38,6 +38,8 @@ class LoweringContext:
     weights: str
     floats: dict[int, int] = field(default_factory=dict)
     int8: dict[int, Int8Alias] = field(default_factory=dict)
+    #: nodes already emitted as part of another op (a ReLU fused into a FULLY_CONNECTED)
+    fused: set[int] = field(default_factory=set)
 
     # ------------------------------------------------------------------ shapes
     def shape(self, value: ir.Value) -> tuple[list[int], list[int]]:

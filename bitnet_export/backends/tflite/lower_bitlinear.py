@@ -97,6 +97,11 @@ def _full_integer(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams) -> N
         bias = ctx.builder.add_constant(ctx.name(node, "bias_q"), bq, dtype="int32", quant=q)
     out_scale, out_zp = _output_quant(node, p)
     out_value = node.outputs[0]
+    # a Relu right after (sole consumer) is fused into the FC: clamping the int8 output at
+    # its zero point is exactly ReLU, and XNNPACK takes a fused activation but not a
+    # standalone int8 RELU
+    relu = _single_consumer(out_value)
+    fuse = relu is not None and relu.op_type == "Relu" and relu.domain == ""
     dims, sig = ctx.shape(out_value)
     out = ctx.builder.add_tensor(
         ctx.name(node, "output_int8"), dims, "int8", Quant([out_scale], [out_zp]), sig
@@ -105,11 +110,16 @@ def _full_integer(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams) -> N
         "FULLY_CONNECTED",
         [x, w, bias],
         [out],
-        fusedActivationFunction=0,
+        fusedActivationFunction=1 if fuse else 0,  # 1 = RELU
         keepNumDims=len(dims) > 2,
         _version=_FC_VERSION["int8" if ctx.weights == "int8" else ctx.weights],
     )
-    ctx.int8[id(out_value)] = Int8Alias(out, out_scale, out_zp)
+    if fuse:
+        assert relu is not None
+        ctx.fused.add(id(relu))
+        ctx.int8[id(relu.outputs[0])] = Int8Alias(out, out_scale, out_zp)
+    else:
+        ctx.int8[id(out_value)] = Int8Alias(out, out_scale, out_zp)
 
 
 def _hybrid(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams) -> None:

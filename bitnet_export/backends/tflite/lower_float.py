@@ -34,6 +34,8 @@ def _unary(kind: str, ctx: LoweringContext, node: ir.Node, **options: object) ->
 @lowers("Relu")
 def lower_relu(ctx: LoweringContext, node: ir.Node) -> None:
     """``Relu(x)`` -> RELU; stays int8 on an int8 chain (same scale and zero point in and out)."""
+    if id(node) in ctx.fused:  # already the fused activation of the FC before it
+        return
     x = _in(node, 0)
     alias = ctx.int8.get(id(x))
     if alias is not None:
