@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck pytest clean
+.PHONY: venv demo test lint typecheck pytest arm-env clean
 
 venv: $(STAMP)
 
@@ -26,10 +26,15 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# The emulated aarch64 environment (arm64 rootfs, aarch64 wheels, QEMU 10), cached under
+# ~/.cache/bitnet_export and rebuilt only when its inputs change.
+arm-env: venv
+	$(BIN)/python -m runtimes.arm.env build
+
 pytest: venv
 	$(BIN)/python -m pytest -q
 
-test: lint typecheck pytest
+test: lint typecheck arm-env pytest
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

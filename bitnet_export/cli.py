@@ -417,6 +417,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK if rows and all(r.passed for r in rows) else EXIT_FAILED
 
 
+def _target(value: str) -> str:
+    """argparse type of ``--target``: a registered target or ``arm64:<cpu>`` (all its runtimes)."""
+    from runtimes.arm import CPU_MODELS
+
+    if value in ADAPTERS or (value.startswith("arm64:") and value.split(":", 1)[1] in CPU_MODELS):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"unknown target {value!r}; host targets: "
+        f"{', '.join(sorted(t for t in ADAPTERS if not t.startswith('arm64:')))}; emulated: "
+        f"arm64:<cpu>[:<runtime>] with cpu in {', '.join(CPU_MODELS)}"
+    )
+
+
 # --------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``bitnet-export`` (subcommands ``export``, ``verify``, ``inspect``).
@@ -463,8 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument(
         "--target",
         action="append",
-        choices=sorted(ADAPTERS),
-        help="runtime target, repeatable (default: every target that can run each file)",
+        type=_target,
+        help="runtime target, repeatable: ort-cpu, litert-builtin, litert-reference, litert-xnnpack, "
+        "litert-compiled-cpu, arm64:<cpu>[:<runtime>] (emulated aarch64); default: every host "
+        "target that can run each file",
     )
     ver.add_argument("--json", type=Path, metavar="OUT.json", help="also write the report as JSON")
     ver.add_argument(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from runtimes import arm as _arm  # names only: CPU models and runtimes, no imports
 from runtimes.protocol import RuntimeAdapter, RuntimeInfo
 
 __all__ = ["ADAPTERS", "RuntimeAdapter", "RuntimeInfo", "make_adapter"]
@@ -35,6 +36,15 @@ def _litert_compiled_cpu(**kwargs: Any) -> RuntimeAdapter:
     return LiteRtCompiledModelAdapter(**kwargs)
 
 
+def _arm64(cpu: str, runtime: str) -> Callable[..., RuntimeAdapter]:
+    def factory(**kwargs: Any) -> RuntimeAdapter:
+        from runtimes.arm.adapter import Arm64Adapter
+
+        return Arm64Adapter(runtime, cpu, **kwargs)
+
+    return factory
+
+
 #: Target name -> factory. Imports are lazy so a missing runtime only fails its own target.
 ADAPTERS: dict[str, Callable[..., RuntimeAdapter]] = {
     "ort-cpu": _ort_cpu,
@@ -42,6 +52,8 @@ ADAPTERS: dict[str, Callable[..., RuntimeAdapter]] = {
     "litert-builtin": _litert_interpreter("builtin"),
     "litert-reference": _litert_interpreter("reference"),
     "litert-compiled-cpu": _litert_compiled_cpu,
+    # The real aarch64 ORT / LiteRT builds under qemu user mode (python -m runtimes.arm.env build).
+    **{_arm.target_name(cpu, rt): _arm64(cpu, rt) for cpu in _arm.CPU_MODELS for rt in _arm.RUNTIMES},
 }
 
 

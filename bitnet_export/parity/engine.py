@@ -15,12 +15,20 @@ from torch import nn
 from bitnet_export.backends import file_format, read_file_metadata
 from bitnet_export.parity.metrics import compare
 from bitnet_export.parity.report import ParityReport, TargetResult, Tolerance
-from bitnet_export.parity.tolerances import tolerance_for
+from bitnet_export.parity.tolerances import tolerance_for, tolerance_vs_host
 from bitnet_export.quant.functional import RoundingMode, activation_rounding
 from runtimes import make_adapter
 from runtimes.protocol import RuntimeAdapter
 
-__all__ = ["DEFAULT_TARGETS", "default_targets", "reference_outputs", "run_parity", "seeded_inputs"]
+__all__ = [
+    "DEFAULT_TARGETS",
+    "base_runtime",
+    "default_targets",
+    "expand_targets",
+    "reference_outputs",
+    "run_parity",
+    "seeded_inputs",
+]
 
 
 def seeded_inputs(example_inputs: Sequence[torch.Tensor], seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -100,8 +108,32 @@ def default_targets(path: Path) -> tuple[str, ...]:
     return targets
 
 
+def base_runtime(target: str) -> str:
+    """The host-equivalent runtime of a target: ``arm64:<cpu>:ort`` -> ``ort-cpu``,
+    ``arm64:<cpu>:litert-builtin`` -> ``litert-builtin``; host targets map to themselves."""
+    if target.startswith("arm64:") and target.count(":") == 2:
+        runtime = target.split(":")[2]
+        return "ort-cpu" if runtime == "ort" else runtime
+    return target
+
+
+def expand_targets(targets: Sequence[str | RuntimeAdapter], path: Path) -> list[str | RuntimeAdapter]:
+    """Expand ``arm64:<cpu>`` (no runtime) into every arm64 runtime that can run ``path``."""
+    out: list[str | RuntimeAdapter] = []
+    for t in targets:
+        if isinstance(t, str) and t.startswith("arm64:") and t.count(":") == 1:
+            out += [
+                f"{t}:{'ort' if d == 'ort-cpu' else d}"
+                for d in default_targets(path)
+                if d != "litert-compiled-cpu"
+            ]
+        else:
+            out.append(t)
+    return out
+
+
 def _target_matches(target: str | RuntimeAdapter, fmt: str) -> bool:
-    name = target if isinstance(target, str) else target.name
+    name = base_runtime(target if isinstance(target, str) else target.name)
     return name.startswith("ort-") if fmt == "onnx" else name.startswith("litert-")
 
 
@@ -134,7 +166,7 @@ def run_parity(
     facts = {p: _file_facts(p) for p in paths}  # first: a corrupt file is an error before any run
     results: list[TargetResult] = []
     for p in paths:
-        chosen = default_targets(p) if targets is None else targets
+        chosen = default_targets(p) if targets is None else expand_targets(targets, p)
         if len(paths) > 1:
             chosen = [t for t in chosen if _target_matches(t, facts[p].format)]
         results += _run_file(model, p, facts[p], inputs, chosen, tolerance, len(paths) > 1)
@@ -161,7 +193,7 @@ def _run_file(
     for target in targets:
         adapter = make_adapter(target) if isinstance(target, str) else target
         label = f"{adapter.name} [{path.name}]" if label_with_file else adapter.name
-        tol = tolerance or tolerance_for(facts.modes, facts.weights, adapter.name, facts.format)
+        tol = tolerance or tolerance_for(facts.modes, facts.weights, base_runtime(adapter.name), facts.format)
         try:
             adapter.load(path)
             names = [n for n, _, _ in adapter.input_specs()]  # type: ignore[attr-defined]
@@ -186,4 +218,34 @@ def _run_file(
         if len(got) != len(ref):
             error = f"{len(got)} outputs from the runtime, {len(ref)} from PyTorch"
         results.append(TargetResult(label, reference, runtime, tuple(metrics), tol, error=error))
+        if adapter.name.startswith("arm64:"):
+            results.append(_versus_host(adapter.name, label, path, facts, feed, got, runtime))
     return results
+
+
+def _versus_host(
+    name: str,
+    label: str,
+    path: Path,
+    facts: _FileFacts,
+    feed: Mapping[str, np.ndarray],
+    got: Mapping[str, np.ndarray],
+    runtime: Mapping[str, Any],
+) -> TargetResult:
+    """The same file on the x86 host's equivalent runtime: the emulated core vs x86."""
+    host_name = base_runtime(name)
+    tol = tolerance_vs_host(facts.modes, host_name, facts.format)
+    host = make_adapter(host_name)
+    try:
+        host.load(path)
+        host_out = host.run(feed)
+    except Exception as exc:
+        return TargetResult(
+            f"{label} vs x86", host_name, dict(runtime), (), tol, error=f"x86 run failed: {exc}"
+        )
+    metrics = tuple(
+        compare(n, host_out[n], got[n], None if facts.scales.get(n) is None else np.asarray(facts.scales[n]))
+        for n in got
+        if n in host_out
+    )
+    return TargetResult(f"{label} vs x86", f"x86 {host_name}", dict(runtime), metrics, tol)

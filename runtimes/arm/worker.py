@@ -1,0 +1,400 @@
+"""Guest side of the aarch64 targets: run by the *emulated* python, never imported on the host.
+
+It may import only the standard library, numpy, onnxruntime and ai_edge_litert (the guest has
+nothing else: no torch, no bitnet_export, no ``runtimes`` package). One process serves many
+requests, because each emulated start costs ~2 s (python plus imports).
+
+Protocol: one JSON object per line on stdin; one JSON reply per line on the original stdout.
+Native libraries that print to stdout would corrupt the replies, so fd 1 is pointed at stderr
+(the host's log file) and replies go to a duplicate of the original fd 1. All file names in
+requests are relative to the working directory: qemu looks absolute paths up in the root
+filesystem first.
+
+Requests (``id`` names a loaded model)::
+
+    {"op": "load", "id": "m1", "model": "m1/model.onnx", "runtime": "ort" | "litert-<kernel>",
+     "options": {...}}
+        -> {"ok": true, "inputs": [{"name", "shape", "dtype", "type"}], "outputs": [names],
+            "info": {...}}
+    {"op": "run", "id": "m1", "names": [input names], "inputs": "in.npz", "outputs": "out.npz"}
+        -> {"ok": true, "outputs": [names], "info": {...}}
+        (arrays are stored in the .npz files as a0, a1... and o0, o1..., in the order of the names)
+    {"op": "unload", "id": "m1"}  -> {"ok": true}
+    {"op": "exit"}                -> {"ok": true}, then the process exits
+    {"op": "signal", "signum": 4} -> the process kills itself (tests of the host's crash handling)
+
+Failures reply ``{"ok": false, "error": "..."}``; the process keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import traceback
+from typing import Any
+
+import numpy as np
+
+_DELEGATE_OP = "DELEGATE"
+_SIGNATURE_KEY = "serving_default"
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32"}
+_ORT_LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC"}
+_ORT_LEVELS.update(extended="ORT_ENABLE_EXTENDED", all="ORT_ENABLE_ALL")
+_LITERT_RESOLVERS = {
+    "xnnpack": "AUTO",
+    "builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES",
+    "reference": "BUILTIN_REF",
+}
+
+
+class RequestError(Exception):
+    """A request that cannot be served; the message goes back to the host."""
+
+
+def cpu_facts() -> dict[str, Any]:
+    """The CPU as the guest OS shows it (qemu emulates /proc/cpuinfo and /sys/.../cpu/*)."""
+    features: list[str] = []
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "Features" and not features:
+                    features = value.split()
+                elif key in ("model name", "CPU part") and not model:
+                    model = value.strip()
+    except OSError:
+        pass
+    possible = ""
+    try:
+        with open("/sys/devices/system/cpu/possible") as f:
+            possible = f.read().strip()
+    except OSError:
+        pass
+    have = set(features)
+    return {
+        "machine": platform.machine(),
+        "features": features,
+        "dotprod": "asimddp" in have,
+        "i8mm": "i8mm" in have,
+        "sve": "sve" in have,
+        "sve2": "sve2" in have,
+        "sme": "sme" in have,
+        "cpuinfo_model": model,
+        "cpus_possible": possible,
+        "os_cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+
+
+# --------------------------------------------------------------------------- ONNX Runtime
+class OrtModel:
+    """An onnxruntime session on the CPU execution provider only (checked after creation)."""
+
+    def __init__(self, path: str, options: dict[str, Any]) -> None:
+        import onnxruntime as ort
+
+        self.ort = ort
+        so = ort.SessionOptions()
+        level = options.get("optimization", "all")
+        if level not in _ORT_LEVELS:
+            raise RequestError(f"optimization={level!r}; choose one of {', '.join(_ORT_LEVELS)}")
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _ORT_LEVELS[level])
+        so.log_severity_level = 3
+        self.threads = options.get("threads")
+        if self.threads is not None:
+            so.intra_op_num_threads = int(self.threads)
+        for key, value in dict(options.get("session_config") or {}).items():
+            so.add_session_config_entry(str(key), str(value))
+        try:
+            self.session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise RequestError(f"cannot load {path}: {exc}") from exc
+        providers = self.session.get_providers()
+        if providers != ["CPUExecutionProvider"]:
+            raise RequestError(f"asked for CPUExecutionProvider only but ORT assigned {providers}")
+        self.level = level
+
+    def inputs(self) -> list[dict[str, Any]]:
+        return [
+            {"name": i.name, "shape": list(i.shape), "type": i.type, "dtype": _ORT_TYPES.get(i.type)}
+            for i in self.session.get_inputs()
+        ]
+
+    def outputs(self) -> list[str]:
+        return [o.name for o in self.session.get_outputs()]
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outs = self.session.run(None, feed)
+        return dict(zip(self.outputs(), (np.asarray(o) for o in outs), strict=True))
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "runtime": "onnxruntime",
+            "version": self.ort.__version__,
+            "provider": ",".join(self.session.get_providers()),
+            "threads": self.threads if self.threads is not None else os.cpu_count(),
+            "details": {"graph_optimization_level": self.level},
+        }
+
+
+# --------------------------------------------------------------------------- LiteRT
+def _placement(nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Which original nodes a DELEGATE node covers (as ``runtimes.litert_cpu`` computes it).
+
+    A delegate node's inputs/outputs are its partition's boundary tensors; the original nodes
+    stay in the list. Walk back from each delegate output to its inputs.
+    """
+    originals = [n for n in nodes if n["op_name"] != _DELEGATE_OP]
+    delegates = [n for n in nodes if n["op_name"] == _DELEGATE_OP]
+    producer = {int(t): int(n["index"]) for n in originals for t in n["outputs"] if int(t) >= 0}
+    by_index = {int(n["index"]): n for n in originals}
+    covered: set[int] = set()
+    for d in delegates:
+        boundary = {int(t) for t in d["inputs"]}
+        stack = [int(t) for t in d["outputs"]]
+        seen: set[int] = set()
+        while stack:
+            tensor = stack.pop()
+            if tensor in seen or tensor in boundary:
+                continue
+            seen.add(tensor)
+            node = producer.get(tensor)
+            if node is not None and node not in covered:
+                covered.add(node)
+                stack.extend(int(t) for t in by_index[node]["inputs"] if int(t) >= 0)
+    return {
+        "ops": [str(n["op_name"]) for n in nodes],
+        "delegated_ops": [str(n["op_name"]) for n in originals if int(n["index"]) in covered],
+        "undelegated_ops": [
+            f"{n['op_name']} (node {n['index']})" for n in originals if int(n["index"]) not in covered
+        ],
+        "delegate_nodes": len(delegates),
+    }
+
+
+def _free_shape(signature: list[int]) -> list[Any]:
+    return [d if d >= 0 else ("batch" if i == 0 else f"dim{i}") for i, d in enumerate(signature)]
+
+
+class LiteRtModel:
+    """A LiteRT Interpreter with an explicit kernel set, checked after every (re)allocation."""
+
+    def __init__(self, path: str, kernel: str, options: dict[str, Any]) -> None:
+        import importlib.metadata
+
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        if kernel not in _LITERT_RESOLVERS:
+            raise RequestError(f"kernel={kernel!r}; choose one of {', '.join(_LITERT_RESOLVERS)}")
+        self.kernel = kernel
+        self.path = path
+        self.threads = int(options.get("threads") or 1)
+        self.allow_partial = bool(options.get("allow_partial", False))
+        self.version = importlib.metadata.version("ai-edge-litert")
+        resolver = getattr(OpResolverType, _LITERT_RESOLVERS[kernel])
+        try:
+            with open(path, "rb") as f:
+                head = f.read(8)
+        except OSError as exc:
+            raise RequestError(f"cannot read {path}: {exc}") from exc
+        if len(head) < 8 or head[4:8] != b"TFL3":
+            raise RequestError(f"{path} is not a valid TFLite model (no TFL3 identifier)")
+        try:
+            interp = Interpreter(
+                model_path=path, experimental_op_resolver_type=resolver, num_threads=self.threads
+            )
+            interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise RequestError(
+                f"LiteRT {self.version} cannot load {path}: {' '.join(str(exc).split())}"
+            ) from exc
+        self.interp = interp
+        signatures = list(interp.get_signature_list())
+        if not signatures:
+            self.key = None
+            ins, outs = interp.get_input_details(), interp.get_output_details()
+            self.in_specs = [(d["name"], d) for d in ins]
+            self.out_names = [d["name"] for d in outs]
+        else:
+            if _SIGNATURE_KEY in signatures:
+                self.key = _SIGNATURE_KEY
+            elif len(signatures) == 1:
+                self.key = signatures[0]
+            else:
+                raise RequestError(f"{path} has signatures {signatures} and none is {_SIGNATURE_KEY!r}")
+            runner = interp.get_signature_runner(self.key)
+            names = interp.get_signature_list()[self.key]
+            details = runner.get_input_details()
+            self.in_specs = [(n, details[n]) for n in names["inputs"]]
+            self.out_names = list(names["outputs"])
+        self.shapes = {n: tuple(interp.get_tensor(int(d["index"])).shape) for n, d in self.in_specs}
+        self.placement = self.verify()
+
+    def verify(self) -> dict[str, Any]:
+        """No silent fallback: the requested kernel set must hold the graph."""
+        placement = _placement(self.interp._get_ops_details())
+        if self.kernel != "xnnpack":
+            if placement["delegate_nodes"]:
+                raise RequestError(
+                    f"asked for {self.kernel} kernels without delegates but a delegate took "
+                    f"{placement['delegated_ops']}"
+                )
+        elif not placement["delegate_nodes"]:
+            raise RequestError(
+                f"the XNNPACK delegate was not applied (no DELEGATE node; ops {placement['ops']}): "
+                "XNNPACK supports none of them, or LiteRT dropped it (CPU detection)"
+            )
+        elif placement["undelegated_ops"] and not self.allow_partial:
+            raise RequestError(
+                f"XNNPACK left {placement['undelegated_ops']} to builtin kernels; "
+                "pass allow_partial=True to accept the mix"
+            )
+        return placement
+
+    def inputs(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": n,
+                "shape": _free_shape([int(x) for x in d["shape_signature"]]),
+                "type": np.dtype(d["dtype"]).name,
+                "dtype": np.dtype(d["dtype"]).name,
+            }
+            for n, d in self.in_specs
+        ]
+
+    def outputs(self) -> list[str]:
+        return list(self.out_names)
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        interp = self.interp
+        if self.key is not None:
+            outs = interp.get_signature_runner(self.key)(**feed)
+            result = {n: np.array(outs[n]) for n in self.out_names}
+        else:
+            resized = False
+            for n, d in self.in_specs:
+                if feed[n].shape != self.shapes[n]:
+                    interp.resize_tensor_input(int(d["index"]), list(feed[n].shape), strict=True)
+                    resized = True
+            if resized:
+                interp.allocate_tensors()
+            for n, d in self.in_specs:
+                interp.set_tensor(int(d["index"]), feed[n])
+            interp.invoke()
+            by_name = {d["name"]: int(d["index"]) for d in interp.get_output_details()}
+            result = {n: np.array(interp.get_tensor(by_name[n])) for n in self.out_names}
+        shapes = {n: tuple(a.shape) for n, a in feed.items()}
+        if shapes != self.shapes:  # new shapes re-prepare the graph: check the kernels again
+            self.shapes = shapes
+            self.placement = self.verify()
+        return result
+
+    def info(self) -> dict[str, Any]:
+        provider = self.kernel
+        if self.kernel == "xnnpack" and self.placement["undelegated_ops"]:
+            provider = "xnnpack+builtin"
+        return {
+            "runtime": "litert",
+            "version": self.version,
+            "provider": provider,
+            "threads": self.threads,
+            "details": {
+                "api": "Interpreter",
+                "op_resolver": _LITERT_RESOLVERS[self.kernel],
+                "signature": self.key,
+                **self.placement,
+            },
+        }
+
+
+# --------------------------------------------------------------------------- server
+class Server:
+    """Loaded models by id, and the request dispatch."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, OrtModel | LiteRtModel] = {}
+
+    def load(self, req: dict[str, Any]) -> dict[str, Any]:
+        runtime = str(req["runtime"])
+        path = str(req["model"])
+        options = dict(req.get("options") or {})
+        if not os.path.isfile(path):
+            raise RequestError(f"model file {path} does not exist")
+        model: OrtModel | LiteRtModel
+        if runtime == "ort":
+            model = OrtModel(path, options)
+        elif runtime.startswith("litert-"):
+            model = LiteRtModel(path, runtime.removeprefix("litert-"), options)
+        else:
+            raise RequestError(f"unknown runtime {runtime!r}; use ort or litert-<kernel>")
+        self.models[str(req["id"])] = model
+        return {"inputs": model.inputs(), "outputs": model.outputs(), "info": model.info()}
+
+    def run(self, req: dict[str, Any]) -> dict[str, Any]:
+        model = self.models.get(str(req["id"]))
+        if model is None:
+            raise RequestError(f"no model loaded as {req['id']!r}")
+        # Arrays travel as a0, a1... (o0, o1... back): a tensor may be named "file" or "a/b".
+        names = [str(n) for n in req["names"]]
+        with np.load(str(req["inputs"])) as data:
+            feed = {n: data[f"a{i}"] for i, n in enumerate(names)}
+        try:
+            outs = model.run(feed)
+        except (ValueError, RuntimeError) as exc:
+            raise RequestError(f"run failed: {' '.join(str(exc).split())}") from exc
+        arrays: dict[str, Any] = {f"o{i}": a for i, a in enumerate(outs.values())}
+        np.savez(str(req["outputs"]), **arrays)
+        return {"outputs": list(outs), "info": model.info()}
+
+    def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = req.get("op")
+        if op == "load":
+            return self.load(req)
+        if op == "run":
+            return self.run(req)
+        if op == "unload":
+            self.models.pop(str(req.get("id")), None)
+            return {}
+        if op == "signal":
+            os.kill(os.getpid(), int(req["signum"]))
+            return {}
+        raise RequestError(f"unknown op {op!r}")
+
+
+def main() -> int:
+    """Serve requests from stdin until EOF or ``exit``."""
+    reply_fd = os.dup(1)
+    os.dup2(2, 1)  # native code printing to stdout lands in the log, not in the replies
+    sys.stdout = sys.stderr
+    replies = os.fdopen(reply_fd, "w", buffering=1)
+
+    def send(obj: dict[str, Any]) -> None:
+        replies.write(json.dumps(obj) + "\n")
+        replies.flush()
+
+    send({"ok": True, "hello": cpu_facts()})
+    server = Server()
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            req = json.loads(line)
+            if req.get("op") == "exit":
+                send({"ok": True})
+                return 0
+            send({"ok": True, **server.handle(req)})
+        except RequestError as exc:
+            send({"ok": False, "error": str(exc)})
+        except Exception as exc:  # a worker bug: report it with its traceback, keep serving
+            traceback.print_exc()
+            send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
