@@ -46,6 +46,7 @@ def test_mixed_block_onnx_and_tflite_on_two_cores(tmp_path, mode):
             assert f"{core}:{runtime} [{file}] vs x86" in targets
     for r in report.results:
         if r.target.endswith("vs x86") and ":ort" in r.target:
-            assert r.outputs[0].max_abs == 0.0  # ORT's integer paths: bit-exact with x86
+            # ORT's integer paths are bit-exact with x86; LayerNorm/GELU differ by ulps at most
+            assert r.outputs[0].max_rel <= 1e-6
         if not r.target.endswith("vs x86"):
             assert r.runtime["emulated"] is True and r.runtime["arch"] == "aarch64"

@@ -77,9 +77,9 @@ def tolerance_for(modes: Iterable[str], weights: str | None, runtime: str, fmt: 
 
 
 _SAME_AS_HOST = Tolerance(
-    max_rel=0.0,
-    min_cosine=None,
-    note="integer kernels: bit-exact with the same runtime on x86 (measured on every core)",
+    max_rel=1e-6,
+    note="integer kernels are bit-exact with x86 on every core (BitNet-only graphs: 0); float ops "
+    "such as LayerNorm/GELU use other vector math on aarch64 (measured <= 7.3e-8)",
 )
 _BUILTIN_VS_HOST = Tolerance(
     max_lsb=2.0,
