@@ -168,11 +168,8 @@ def test_reference_evaluator_agrees_with_ort(tmp_path, weights, mode):
     np.testing.assert_allclose(y_ref, y_ort, rtol=1e-5, atol=1e-5 * np.abs(y_ort).max())
 
 
-@pytest.mark.parametrize("weights", ["int8", "int4", "int2", "matmulnbits"])
-@pytest.mark.parametrize("mode", ["dynamic", "static"])
+@pytest.mark.parametrize(("weights", "mode"), CASES)  # matmulnbits + static is an error, tested below
 def test_digits_top1_agreement_is_total(tmp_path, digits, weights, mode):
-    if weights == "matmulnbits" and mode == "static":
-        pytest.skip("matmulnbits needs dynamic activations (tested as an error below)")
     trained, data = digits
     model = DigitsMLP(bitnet=True)
     model.load_state_dict(trained.state_dict())

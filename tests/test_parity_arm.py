@@ -50,3 +50,30 @@ def test_mixed_block_onnx_and_tflite_on_two_cores(tmp_path, mode):
             assert r.outputs[0].max_rel <= 1e-6
         if not r.target.endswith("vs x86"):
             assert r.runtime["emulated"] is True and r.runtime["arch"] == "aarch64"
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from bitnet_export.zoo.digits import DigitsMLP, load_digits, train
+
+    torch.manual_seed(0)
+    data = load_digits(seed=0)
+    return train(DigitsMLP(bitnet=True), data, seed=0), data
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_digits_onnx_and_tflite_on_two_cores(tmp_path, digits, mode):
+    import copy
+
+    trained, data = digits
+    model = copy.deepcopy(trained)
+    if mode == "static":
+        bx.configure_model(model, activation_mode="static")
+        bx.calibrate(model, [data.x_train])
+    onnx_path = bx.export_onnx(model, data.x_test[:1], tmp_path / "d.onnx", weights="int2").path
+    tflite_path = bx.export_tflite(model, data.x_test[:1], tmp_path / "d.tflite").path
+    report = bx.verify(model, data.x_test[:1], [onnx_path, tflite_path], targets=CORES, inputs=data.x_test)
+    assert report.passed, report.format_table()
+    for r in report.results:
+        if r.target.endswith("vs x86") and mode == "static" and "litert-builtin" not in r.target:
+            assert r.outputs[0].max_abs == 0.0  # integer paths: bit-exact with x86

@@ -93,6 +93,14 @@ _HYBRID_VS_HOST = Tolerance(
 )
 
 
+_XNNPACK_HYBRID_VS_HOST = Tolerance(
+    max_rel=1e-3,
+    min_cosine=0.99999,
+    note="XNNPACK hybrid (asymmetric rows, not BitNet's maths): dotprod/i8mm cores sum in another "
+    "order, and an ulp can flip a later layer's code (measured 8.2e-5 on digits, neoverse-v1)",
+)
+
+
 def tolerance_vs_host(modes: Iterable[str], runtime: str, fmt: str) -> Tolerance:
     """How an emulated aarch64 run of a file must match the x86 run of the same runtime.
 
@@ -105,5 +113,5 @@ def tolerance_vs_host(modes: Iterable[str], runtime: str, fmt: str) -> Tolerance
     if fmt == "tflite" and "static" in modes and runtime == "litert-builtin":
         return _BUILTIN_VS_HOST
     if fmt == "tflite" and "static" not in modes:
-        return _HYBRID_VS_HOST
+        return _XNNPACK_HYBRID_VS_HOST if runtime == "litert-xnnpack" else _HYBRID_VS_HOST
     return _SAME_AS_HOST
