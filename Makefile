@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck pytest arm-env clean
+.PHONY: venv demo test lint typecheck pytest arm-env gpu-env clean
 
 venv: $(STAMP)
 
@@ -31,10 +31,16 @@ typecheck: venv
 arm-env: venv
 	$(BIN)/python -m runtimes.arm.env build
 
+# Software Vulkan (SwiftShader from Debian's chromium-common) and onnxruntime-webgpu in its own
+# site folder: the GPU adapters' code paths run on it where there is no GPU.
+gpu-env: venv
+	$(BIN)/python -m runtimes.gpu.vulkan build
+	$(BIN)/python -m runtimes.gpu.ort_env build
+
 pytest: venv
 	$(BIN)/python -m pytest -q
 
-test: lint typecheck arm-env pytest
+test: lint typecheck arm-env gpu-env pytest
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -36,6 +36,21 @@ def _litert_compiled_cpu(**kwargs: Any) -> RuntimeAdapter:
     return LiteRtCompiledModelAdapter(**kwargs)
 
 
+def _litert_gpu(enforce_f32: bool) -> Callable[..., RuntimeAdapter]:
+    def factory(**kwargs: Any) -> RuntimeAdapter:
+        from runtimes.gpu.litert_gpu import LiteRtGpuAdapter
+
+        return LiteRtGpuAdapter(enforce_f32=enforce_f32, **kwargs)
+
+    return factory
+
+
+def _ort_webgpu(**kwargs: Any) -> RuntimeAdapter:
+    from runtimes.gpu.ort_webgpu import OrtWebGpuAdapter
+
+    return OrtWebGpuAdapter(**kwargs)
+
+
 def _arm64(cpu: str, runtime: str) -> Callable[..., RuntimeAdapter]:
     def factory(**kwargs: Any) -> RuntimeAdapter:
         from runtimes.arm.adapter import Arm64Adapter
@@ -52,6 +67,11 @@ ADAPTERS: dict[str, Callable[..., RuntimeAdapter]] = {
     "litert-builtin": _litert_interpreter("builtin"),
     "litert-reference": _litert_interpreter("reference"),
     "litert-compiled-cpu": _litert_compiled_cpu,
+    # ONNX Runtime's WebGPU EP in its own env (python -m runtimes.gpu.ort_env build).
+    "ort-webgpu": _ort_webgpu,
+    # LiteRT's GPU accelerator (WebGPU -> Vulkan); SwiftShader without a GPU (runtimes.gpu.vulkan).
+    "litert-gpu": _litert_gpu(enforce_f32=True),
+    "litert-gpu-fp16": _litert_gpu(enforce_f32=False),
     # The real aarch64 ORT / LiteRT builds under qemu user mode (python -m runtimes.arm.env build).
     **{_arm.target_name(cpu, rt): _arm64(cpu, rt) for cpu in _arm.CPU_MODELS for rt in _arm.RUNTIMES},
 }

@@ -1,0 +1,166 @@
+"""LiteRT on the GPU (WebGPU -> Vulkan) against LiteRT's reference CPU kernels.
+
+Runs on a real GPU or, without one, on SwiftShader (``python -m runtimes.gpu.vulkan build``);
+skipped only when no Vulkan device can exist. Bounds (FIELD_NOTES, and measured on SwiftShader):
+full-integer int8 <= 1 LSB of the output scale (0 measured), float <= 1e-5 relative (0
+measured), hybrid: the CPU quantizes activations, the GPU computes in float (2.85e-3 abs measured).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("ai_edge_litert", reason="ai-edge-litert is not installed")
+
+import bitnet_export
+from bitnet_export.backends.tflite.flatbuffer import read_model
+from bitnet_export.zoo.models import mlp
+from runtimes import make_adapter
+from runtimes.gpu.vulkan import ICD_ENV, has_hardware_gpu, have_loader, software_icd
+from runtimes.protocol import RuntimeAdapterError
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Hybrid: max abs difference GPU vs CPU reference kernels (measured 2.85e-3 on SwiftShader, ~3e-3
+#: on an H200 per FIELD_NOTES), with 2x margin.
+HYBRID_ABS = 6e-3
+
+
+def _vulkan_skip_reason() -> str | None:
+    if not have_loader():
+        return "no Vulkan loader (apt-get install libvulkan1)"
+    if os.environ.get(ICD_ENV) or has_hardware_gpu() or software_icd() is not None:
+        return None
+    return "no Vulkan device: no GPU and no SwiftShader (python -m runtimes.gpu.vulkan build)"
+
+
+_REASON = _vulkan_skip_reason()
+pytestmark = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
+
+
+def _model(kind: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    m = mlp([32, 64, 10]).eval()
+    if kind == "float":
+        bitnet_export.configure_model(m, enabled=False)
+    elif kind == "int8":
+        bitnet_export.configure_model(m, activation_mode="static")
+        bitnet_export.calibrate(m, [torch.randn(16, 32)])
+    return m
+
+
+@pytest.fixture(scope="module")
+def example() -> torch.Tensor:
+    return torch.randn(16, 32, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory, example: torch.Tensor) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("gpu_models")
+    paths = {}
+    for kind in ("float", "hybrid", "int8"):
+        paths[kind] = out / f"{kind}.tflite"
+        bitnet_export.export_tflite(_model(kind), example, paths[kind])
+    return paths
+
+
+def _pair(path: Path, x: torch.Tensor, target: str = "litert-gpu") -> tuple[np.ndarray, np.ndarray]:
+    cpu = make_adapter("litert-reference")
+    cpu.load(path)
+    gpu = make_adapter(target)
+    gpu.load(path)
+    feed = {cpu.input_specs()[0][0]: x.numpy()}  # type: ignore[attr-defined]
+    (ref,) = cpu.run(feed).values()
+    (got,) = gpu.run(feed).values()
+    assert got.dtype == ref.dtype and got.shape == ref.shape
+    return ref.astype(np.float64), got.astype(np.float64)
+
+
+@pytest.mark.parametrize("target", ["litert-gpu", "litert-gpu-fp16"])
+def test_full_integer_within_one_lsb(models: dict[str, Path], example: torch.Tensor, target: str) -> None:
+    meta = read_model(models["int8"].read_bytes()).metadata["bitnet_export.output_scales"]
+    (scale,) = json.loads(meta).values()
+    ref, got = _pair(models["int8"], example, target)
+    lsb = np.abs(got - ref).max() / np.asarray(scale, dtype=np.float64).max()
+    print(f"{target} int8: max {lsb:.3g} LSB (scale {scale})")
+    assert lsb <= 1.0 + 1e-3
+
+
+def test_float_exact(models: dict[str, Path], example: torch.Tensor) -> None:
+    ref, got = _pair(models["float"], example)
+    rel = np.abs(got - ref).max() / np.abs(ref).max()
+    print(f"litert-gpu float: max relative {rel:.3g}")
+    assert rel <= 1e-5
+
+
+def test_hybrid_within_activation_quantization(models: dict[str, Path], example: torch.Tensor) -> None:
+    ref, got = _pair(models["hybrid"], example)
+    diff = np.abs(got - ref).max()
+    print(f"litert-gpu hybrid: max abs {diff:.3g} (bound {HYBRID_ABS})")
+    assert 0 < diff <= HYBRID_ABS  # > 0: the GPU does not quantize activations like the CPU
+
+
+def test_info_names_the_vulkan_adapter(models: dict[str, Path]) -> None:
+    gpu = make_adapter("litert-gpu-fp16")
+    gpu.load(models["float"])
+    info = gpu.info()
+    assert (info.runtime, info.provider) == ("litert", "gpu (webgpu/vulkan)")
+    assert info.details["precision"] == "fp16" and info.details["fully_accelerated"] is True
+    assert info.details["adapter"] not in ("", "unknown")
+    assert info.details["device"] in ("software", "hardware")
+    if info.details["device"] == "software":
+        assert "SwiftShader" in info.details["adapter"]
+
+
+def test_verify_reports_the_adapter(models: dict[str, Path], example: torch.Tensor) -> None:
+    report = bitnet_export.verify(_model("int8"), example, models["int8"], targets=["litert-gpu"])
+    (result,) = report.results
+    assert result.error is None, result.error
+    assert result.passed, report.as_dict()
+    assert result.runtime["provider"] == "gpu (webgpu/vulkan)"
+    assert result.runtime["details"]["adapter"] not in ("", "unknown")
+
+
+def test_missing_icd_is_an_error(models: dict[str, Path], tmp_path: Path) -> None:
+    gpu = make_adapter("litert-gpu", icd=tmp_path / "nope.json")
+    with pytest.raises(RuntimeAdapterError, match=r"Vulkan ICD manifest .*nope\.json does not exist"):
+        gpu.load(models["float"])
+
+
+def test_another_icd_after_first_use_is_an_error(models: dict[str, Path], tmp_path: Path) -> None:
+    make_adapter("litert-gpu").load(models["float"])  # pins this process's ICD
+    other = tmp_path / "other_icd.json"
+    other.write_text('{"file_format_version": "1.0.0", "ICD": {"library_path": "/nonexistent.so"}}')
+    with pytest.raises(RuntimeAdapterError, match="already uses the GPU through"):
+        make_adapter("litert-gpu", icd=other).load(models["float"])
+
+
+def test_no_vulkan_device_fails_with_litert_reason(models: dict[str, Path]) -> None:
+    """A fresh process whose only ICD is broken: LiteRT's stderr reason, no CPU fallback."""
+    script = (
+        "import sys\nfrom runtimes import make_adapter\nfrom runtimes.protocol import RuntimeAdapterError\n"
+        "a = make_adapter('litert-gpu')\n"
+        "try:\n    a.load(sys.argv[1]); a.run({})\n"
+        "except RuntimeAdapterError as e:\n    print('ERROR', e); sys.exit(3)\n"
+        "print('RAN', a.info())\n"
+    )
+    env = {**os.environ, ICD_ENV: "/nonexistent/vk_icd.json", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(models["float"])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "cannot compile" in proc.stdout and "for the GPU" in proc.stdout
+    assert "No adapters found" in proc.stdout  # LiteRT's reason, read from its stderr
+    assert "/nonexistent/vk_icd.json" in proc.stdout
