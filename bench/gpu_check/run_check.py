@@ -68,7 +68,8 @@ def main(models: Path, out_dir: Path | None, repeats: int = 20) -> int:
                 row["error"] = gpu["error"]
             else:
                 info = gpu["info"]
-                row["adapter"] = info.get("details", {}).get("adapter") or info.get("provider")
+                details = info.get("details", {})
+                row["adapter"] = details.get("adapter") or details.get("device") or info.get("provider")
                 row["device"] = info.get("details", {}).get("device")
                 row["vs_pytorch"] = _metrics(data["reference"], gpu["output"], case["output_scale"])
                 if "output" in cpu:
