@@ -164,3 +164,31 @@ def test_no_vulkan_device_fails_with_litert_reason(models: dict[str, Path]) -> N
     assert "cannot compile" in proc.stdout and "for the GPU" in proc.stdout
     assert "No adapters found" in proc.stdout  # LiteRT's reason, read from its stderr
     assert "/nonexistent/vk_icd.json" in proc.stdout
+
+
+@pytest.mark.skipif(
+    __import__("runtimes.gpu.ort_env", fromlist=["find_site"]).find_site() is None,
+    reason="onnxruntime-webgpu env missing: make gpu-env",
+)
+def test_one_report_over_both_gpu_adapters_names_the_device(tmp_path: Path) -> None:
+    """`verify --target litert-gpu --target ort-webgpu`: ONNX (MatMulNBits) and TFLite (int8
+    full-integer) of one model, one report, the Vulkan adapter named for each GPU row."""
+    torch.manual_seed(0)
+    model = mlp([32, 64, 10])
+    example = torch.randn(8, 32)
+    onnx_path = bitnet_export.export_onnx(model, example, tmp_path / "m.onnx", weights="matmulnbits").path
+    webgpu = bitnet_export.verify(model, example, onnx_path, targets=["ort-webgpu"])
+    assert webgpu.passed, webgpu.format_table()
+    assert "device " in webgpu.format_table()
+    bitnet_export.configure_model(model, activation_mode="static")
+    bitnet_export.calibrate(model, [torch.randn(64, 32)])
+    static_onnx = bitnet_export.export_onnx(model, example, tmp_path / "s.onnx").path
+    tflite_path = bitnet_export.export_tflite(model, example, tmp_path / "m.tflite").path
+    report = bitnet_export.verify(model, example, [tflite_path], targets=["litert-gpu"])
+    assert report.passed, report.format_table()
+    assert report.results[0].outputs[0].lsb is not None and report.results[0].outputs[0].lsb <= 3.0
+    table = report.format_table()
+    assert "device " in table and "precision fp32" in table
+    # the int8 QDQ ONNX graph has no WebGPU kernels: a failed target naming the ops, not a CPU run
+    failed = bitnet_export.verify(model, example, static_onnx, targets=["ort-webgpu"])
+    assert not failed.passed and "QuantizeLinear" in (failed.results[0].error or "")

@@ -308,6 +308,12 @@ def _describe_runtime(runtime: Mapping[str, Any]) -> str:
             parts.append(f"{label} {runtime[key]}")
     if "emulated" in runtime:
         parts.append("emulated" if runtime["emulated"] else "native")
+    details = runtime.get("details") or {}
+    device = details.get("adapter") or details.get("device")
+    if device:  # the GPU adapter that served the run (e.g. "SwiftShader Device", "NVIDIA H100")
+        parts.append(f"device {device}")
+    if details.get("precision"):
+        parts.append(f"precision {details['precision']}")
     return ", ".join(parts) or "(runtime not recorded)"
 
 
