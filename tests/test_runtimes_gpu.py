@@ -121,7 +121,8 @@ def test_info_names_the_vulkan_adapter(models: dict[str, Path]) -> None:
 
 def test_verify_reports_the_adapter(models: dict[str, Path], example: torch.Tensor) -> None:
     report = bitnet_export.verify(_model("int8"), example, models["int8"], targets=["litert-gpu"])
-    (result,) = report.results
+    result, vs_cpu = report.results  # against PyTorch, and against the CPU twin
+    assert vs_cpu.target == "litert-gpu vs cpu" and vs_cpu.passed, report.format_table()
     assert result.error is None, result.error
     assert result.passed, report.as_dict()
     assert result.runtime["provider"] == "gpu (webgpu/vulkan)"
@@ -187,6 +188,10 @@ def test_one_report_over_both_gpu_adapters_names_the_device(tmp_path: Path) -> N
     report = bitnet_export.verify(model, example, [tflite_path], targets=["litert-gpu"])
     assert report.passed, report.format_table()
     assert report.results[0].outputs[0].lsb is not None and report.results[0].outputs[0].lsb <= 3.0
+    # the same file on the CPU twin (litert-reference): int8 with enforce_f32 within 1 LSB
+    vs_cpu = report.results[1]
+    assert vs_cpu.target == "litert-gpu vs cpu" and vs_cpu.outputs[0].lsb is not None
+    assert vs_cpu.outputs[0].lsb <= 1.0
     table = report.format_table()
     assert "device " in table and "precision fp32" in table
     # the int8 QDQ ONNX graph has no WebGPU kernels: a failed target naming the ops, not a CPU run

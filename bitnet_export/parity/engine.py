@@ -15,13 +15,14 @@ from torch import nn
 from bitnet_export.backends import file_format, read_file_metadata
 from bitnet_export.parity.metrics import compare
 from bitnet_export.parity.report import ParityReport, TargetResult, Tolerance
-from bitnet_export.parity.tolerances import tolerance_for, tolerance_vs_host
+from bitnet_export.parity.tolerances import tolerance_for, tolerance_vs_cpu, tolerance_vs_host
 from bitnet_export.quant.functional import RoundingMode, activation_rounding
 from runtimes import make_adapter
 from runtimes.protocol import RuntimeAdapter
 
 __all__ = [
     "DEFAULT_TARGETS",
+    "GPU_CPU_TWIN",
     "base_runtime",
     "default_targets",
     "expand_targets",
@@ -219,22 +220,35 @@ def _run_file(
             error = f"{len(got)} outputs from the runtime, {len(ref)} from PyTorch"
         results.append(TargetResult(label, reference, runtime, tuple(metrics), tol, error=error))
         if adapter.name.startswith("arm64:"):
-            results.append(_versus_host(adapter.name, label, path, facts, feed, got, runtime))
+            host = base_runtime(adapter.name)
+            tol_host = tolerance_vs_host(facts.modes, host, facts.format)
+            results.append(_versus_host(host, f"{label} vs x86", path, facts, feed, got, runtime, tol_host))
+        elif adapter.name in GPU_CPU_TWIN:
+            cpu = GPU_CPU_TWIN[adapter.name]
+            tol_cpu = tolerance_vs_cpu(facts.modes, facts.weights, adapter.name)
+            results.append(_versus_host(cpu, f"{label} vs cpu", path, facts, feed, got, runtime, tol_cpu))
     return results
 
 
+#: The CPU adapter each GPU target is compared with (same file, same runtime family).
+GPU_CPU_TWIN: dict[str, str] = {
+    "litert-gpu": "litert-reference",
+    "litert-gpu-fp16": "litert-reference",
+    "ort-webgpu": "ort-cpu",
+}
+
+
 def _versus_host(
-    name: str,
+    host_name: str,
     label: str,
     path: Path,
     facts: _FileFacts,
     feed: Mapping[str, np.ndarray],
     got: Mapping[str, np.ndarray],
     runtime: Mapping[str, Any],
+    tol: Tolerance,
 ) -> TargetResult:
-    """The same file on the x86 host's equivalent runtime: the emulated core vs x86."""
-    host_name = base_runtime(name)
-    tol = tolerance_vs_host(facts.modes, host_name, facts.format)
+    """The same file on a host CPU runtime (an emulated core vs x86, a GPU vs its CPU twin)."""
     host = make_adapter(host_name)
     try:
         host.load(path)
@@ -248,4 +262,4 @@ def _versus_host(
         for n in got
         if n in host_out
     )
-    return TargetResult(f"{label} vs x86", f"x86 {host_name}", dict(runtime), metrics, tol)
+    return TargetResult(label, f"x86 {host_name}", dict(runtime), metrics, tol)
