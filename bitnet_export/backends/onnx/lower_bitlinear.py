@@ -19,6 +19,7 @@ import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
+from bitnet_export.backends._storage import check_storage
 from bitnet_export.capture.bitlinear_op import is_bitlinear, read_bitlinear
 from bitnet_export.errors import ExportError, InternalError
 from bitnet_export.passes.name_nodes import SOURCE_KEYS
@@ -31,7 +32,6 @@ WEIGHT_MODES: Final[tuple[str, ...]] = ("int8", "int4", "int2", "matmulnbits")
 #: ORT contrib domain (MatMulNBits).
 MS_DOMAIN: Final = "com.microsoft"
 
-_STORAGE_RANGE = {"int8": (-128, 127), "int4": (-8, 7), "int2": (-2, 1)}
 _STORAGE_DTYPE = {
     "int8": (np.int8, ir.DataType.INT8),
     "int4": (ml_dtypes.int4, ir.DataType.INT4),
@@ -79,15 +79,8 @@ class _Emitter:
 
 def _weight_int8(em: _Emitter, p: LayerQuantParams, storage: str) -> ir.Value:
     """The transposed weight ``[K, N]`` as an int8 value, stored as ``storage``."""
-    lo, hi = _STORAGE_RANGE[storage]
+    check_storage(p, storage)
     codes = p.weight.values
-    if codes.min() < lo or codes.max() > hi:
-        raise ExportError(
-            f"layer {p.module_path!r} (BitNetLayer, precision={p.weight.precision}): weight codes "
-            f"span {int(codes.min())}..{int(codes.max())}, which {storage} storage ({lo}..{hi}) "
-            f"cannot hold; use weights='int8' or a precision that fits (int4: <= 4, int2: ternary, "
-            "binary or 2)"
-        )
     np_dtype, ir_dtype = _STORAGE_DTYPE[storage]
     w_t = np.ascontiguousarray(codes.T).astype(np_dtype)
     if storage == "int8":

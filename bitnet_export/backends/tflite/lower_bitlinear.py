@@ -20,6 +20,7 @@ from typing import Final
 import numpy as np
 import onnx_ir as ir
 
+from bitnet_export.backends._storage import check_storage
 from bitnet_export.backends.tflite.context import Int8Alias, LoweringContext
 from bitnet_export.backends.tflite.flatbuffer import Quant
 from bitnet_export.backends.tflite.registry import lowers
@@ -29,20 +30,13 @@ from bitnet_export.quant.params import LayerQuantParams
 
 __all__ = ["lower_bitlinear"]
 
-_STORAGE_RANGE: Final = {"int8": (-128, 127), "int4": (-8, 7), "int2": (-2, 1)}
 #: FULLY_CONNECTED versions by weight type (LiteRT 2.3 registers 1..14).
 _FC_VERSION: Final = {"float": 1, "int8": 7, "hybrid": 9, "int4": 13, "int2": 14}
 
 
 def _weights(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams) -> int:
-    lo, hi = _STORAGE_RANGE[ctx.weights]
+    check_storage(p, ctx.weights)
     codes = p.weight.values
-    if codes.min() < lo or codes.max() > hi:
-        raise ExportError(
-            f"layer {p.module_path!r} (BitNetLayer, precision={p.weight.precision}): weight codes "
-            f"span {int(codes.min())}..{int(codes.max())}, which {ctx.weights} storage ({lo}..{hi}) "
-            "cannot hold; use weights='int8' or a precision that fits"
-        )
     scales = [float(s) for s in p.weight.scale]
     q = Quant(scales, [0] * len(scales), axis=0)
     return ctx.builder.add_constant(ctx.name(node, "weight_q"), codes, dtype=ctx.weights, quant=q)
