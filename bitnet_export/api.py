@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from bitnet_export._io import atomic_write_bytes
-from bitnet_export.backends.onnx.lower_bitlinear import WEIGHT_MODES, lower_bitlinear_nodes
+from bitnet_export.backends.onnx.lower_bitlinear import KERNELS, WEIGHT_MODES, lower_bitlinear_nodes
 from bitnet_export.backends.onnx.writer import save_onnx
 from bitnet_export.capture.bitlinear_op import is_bitlinear, read_bitlinear
 from bitnet_export.capture.capture import capture
@@ -105,6 +105,7 @@ def export_onnx(
     path: str | Path,
     weights: str = "int8",
     *,
+    kernels: str = "integer",
     opset: int | None = None,
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
@@ -120,6 +121,9 @@ def export_onnx(
         path: the ``.onnx`` file to write (atomically: nothing is left on failure).
         weights: weight storage: ``int8``, ``int4`` (opset 21), ``int2`` (opset 25) or
             ``matmulnbits`` (ORT's 2/4-bit contrib op, dynamic activations only).
+        kernels: ``integer`` (QuantizeLinear / MatMulInteger / QDQ: ORT's CPU and mobile
+            integer kernels) or ``float`` (the same integer maths with float ops only: for
+            ORT's WebGPU EP, which has no integer kernels). Weights stay packed either way.
         opset: default-domain opset; 21, or 25 for ``int2``.
         input_names: graph input names.
         output_names: graph output names.
@@ -136,6 +140,8 @@ def export_onnx(
     t0 = time.perf_counter()
     if weights not in WEIGHT_MODES:
         raise ExportError(f"export_onnx: weights={weights!r}; choose one of {', '.join(WEIGHT_MODES)}")
+    if kernels not in KERNELS:
+        raise ExportError(f"export_onnx: kernels={kernels!r}; choose one of {', '.join(KERNELS)}")
     if opset is None:
         opset = 25 if weights == "int2" else 21
     if weights == "int2" and opset < 25:
@@ -153,9 +159,9 @@ def export_onnx(
     hub = captured.model
     name_nodes(hub)
     scales = _output_scales(hub)
-    say(f"lowering {len(captured.layers)} BitNetLayer(s) with weights={weights}")
-    layers = lower_bitlinear_nodes(hub, weights)
-    annotate(hub, captured.layers, {"weights": weights, "output_scales": scales})
+    say(f"lowering {len(captured.layers)} BitNetLayer(s) with weights={weights}, kernels={kernels}")
+    layers = lower_bitlinear_nodes(hub, weights, kernels)
+    annotate(hub, captured.layers, {"weights": weights, "kernels": kernels, "output_scales": scales})
     say(f"writing {path}")
     path = Path(path)
     data = save_onnx(hub, path, external_data=external_data)

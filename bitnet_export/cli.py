@@ -40,7 +40,7 @@ from bitnet_export._version import __version__
 from bitnet_export.api import export_onnx, export_tflite, verify
 from bitnet_export.backends import file_format
 from bitnet_export.backends.onnx.inspect import inspect_onnx
-from bitnet_export.backends.onnx.lower_bitlinear import WEIGHT_MODES
+from bitnet_export.backends.onnx.lower_bitlinear import KERNELS, WEIGHT_MODES
 from bitnet_export.backends.tflite.inspect import inspect_tflite
 from bitnet_export.errors import BitNetExportError
 from runtimes import ADAPTERS
@@ -295,9 +295,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     model, inputs = _load_model(args.spec, args.checkpoint)
     options: dict[str, Any] = {"weights": args.weights, "progress": True}
     if args.format == "onnx":
-        options.update(opset=args.opset, dynamic_batch=args.dynamic_batch)
-    elif args.opset is not None:
-        raise CliError("export: --opset applies to --format onnx only")
+        options.update(opset=args.opset, dynamic_batch=args.dynamic_batch, kernels=args.kernels)
+    elif args.opset is not None or args.kernels != "integer":
+        raise CliError("export: --opset and --kernels apply to --format onnx only")
     result = FORMATS[args.format](model, inputs, args.out, **options)
     print(result.summary())
     return EXIT_OK
@@ -455,6 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=WEIGHT_MODES,
         default="int8",
         help="weight storage (default: int8; matmulnbits: onnx only)",
+    )
+    exp.add_argument(
+        "--kernels",
+        choices=KERNELS,
+        default="integer",
+        help="onnx: integer ops (default; ORT CPU/mobile) or float ops only, same maths, for ORT WebGPU",
     )
     exp.add_argument("--out", type=Path, required=True, metavar="PATH", help="file to write")
     exp.add_argument("--opset", type=int, metavar="N", help="default-domain opset (default: 21, 25 for int2)")

@@ -98,6 +98,20 @@ def test_export_options_reach_the_file(specs, tmp_path, capsys):
     assert info["bitnet_export"]["weights"] == "matmulnbits"
 
 
+def test_export_float_kernels(specs, tmp_path, capsys):
+    out = tmp_path / "webgpu.onnx"
+    code = main(["export", specs["a"], "--weights", "int4", "--kernels", "float", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    info = inspect_onnx(out)
+    ops = {op["op_type"] for op in info["ops"]}
+    assert "MatMul" in ops and not ops & {"QuantizeLinear", "MatMulInteger", "Max"}, ops
+    assert info["bitnet_export"]["kernels"] == "float"
+    tfl = tmp_path / "a.tflite"
+    assert main(["export", specs["a"], "--format", "tflite", "--kernels", "float", "--out", str(tfl)]) == 2
+    assert "--kernels apply to --format onnx only" in capsys.readouterr().err
+    assert not tfl.exists()
+
+
 def test_api_error_exits_2_without_traceback_or_file(specs, tmp_path, capsys):
     out = tmp_path / "int2.onnx"
     code = main(["export", specs["a"], "--weights", "int2", "--opset", "21", "--out", str(out)])

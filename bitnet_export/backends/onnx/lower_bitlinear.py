@@ -8,6 +8,16 @@ low bits first by onnx_ir, and ``matmulnbits`` (ORT contrib op). For the ``int4`
 storage, a ``Cast`` to int8 sits after the packed initializer: ONNX Runtime constant-folds it at
 session start, so the file is small and the integer kernels see int8 (measured: the Cast
 disappears from ORT's optimized graph).
+
+Kernels (``kernels=``): ``integer`` (default) writes the maths with integer ops
+(``QuantizeLinear``, ``MatMulInteger``, QDQ ``MatMul``) for ORT's CPU and mobile integer
+kernels. ``float`` writes the *same* integer maths with float ops only, for execution providers
+without integer kernels: ORT's WebGPU EP (1.27) has no ``QuantizeLinear``, ``MatMulInteger``,
+``Max``, ``Round`` or INT2 ``DequantizeLinear`` kernel (measured). Codes stay integer-valued
+floats: rounding half to even is ``(v + 1.5 * 2^23) - 1.5 * 2^23`` (exact for ``|v| <= 2^22``), the
+weights are ``Cast(packed codes -> float)`` (folded by ORT at session start: the file stays
+packed, the device holds float32 weights), and ``MatMul`` of integer-valued float32 tensors is
+the exact integer accumulator while ``K * max|q_x| * max|q_w| < 2^24``.
 """
 
 from __future__ import annotations
@@ -25,10 +35,14 @@ from bitnet_export.errors import ExportError, InternalError
 from bitnet_export.passes.name_nodes import SOURCE_KEYS
 from bitnet_export.quant.params import LayerQuantParams
 
-__all__ = ["WEIGHT_MODES", "WeightMode", "lower_bitlinear_nodes", "matmulnbits_block_size"]
+__all__ = ["KERNELS", "WEIGHT_MODES", "WeightMode", "lower_bitlinear_nodes", "matmulnbits_block_size"]
 
 WeightMode = Literal["int8", "int4", "int2", "matmulnbits"]
 WEIGHT_MODES: Final[tuple[str, ...]] = ("int8", "int4", "int2", "matmulnbits")
+#: ``integer``: integer ONNX ops (ORT CPU/mobile); ``float``: float ops only (ORT WebGPU).
+KERNELS: Final[tuple[str, ...]] = ("integer", "float")
+#: 1.5 * 2^23: ``(v + M) - M`` rounds a float32 ``|v| <= 2^22`` to an integer, ties to even.
+_ROUND_MAGIC: Final = np.float32(1.5 * 2**23)
 #: ORT contrib domain (MatMulNBits).
 MS_DOMAIN: Final = "com.microsoft"
 
@@ -42,12 +56,16 @@ _STORAGE_DTYPE = {
 class _Emitter:
     """Builds the replacement of one BitLinear node, naming everything after the module."""
 
-    def __init__(self, graph: ir.Graph, path: str, output_feeds_add: bool = False) -> None:
+    def __init__(
+        self, graph: ir.Graph, path: str, output_feeds_add: bool = False, float_kernels: bool = False
+    ) -> None:
         self.graph = graph
         self.path = path or "bitlinear"
         self.nodes: list[ir.Node] = []
         #: an Add/Sub consumes the layer's output (decides the static form, see lower_static)
         self.output_feeds_add = output_feeds_add
+        #: ``kernels="float"``: no integer ops (see the module docstring)
+        self.float_kernels = float_kernels
 
     def const(self, role: str, array: np.ndarray, dtype: ir.DataType | None = None) -> ir.Value:
         name = f"{self.path}.{role}"
@@ -90,6 +108,31 @@ def _weight_int8(em: _Emitter, p: LayerQuantParams, storage: str) -> ir.Value:
     return em.op("Cast", [packed], out="weight_int8", to=ir.DataType.INT8)
 
 
+def _weight_codes_float(em: _Emitter, p: LayerQuantParams, storage: str) -> ir.Value:
+    """The transposed weight codes ``[K, N]`` as integer-valued float32 (``kernels="float"``).
+
+    ``Cast(packed codes -> FLOAT)`` of an initializer: ORT folds it at session start (a
+    ``DequantizeLinear`` would not be folded, and has no INT2 WebGPU kernel).
+    """
+    check_storage(p, storage)
+    np_dtype, ir_dtype = _STORAGE_DTYPE[storage]
+    w_t = np.ascontiguousarray(p.weight.values.T).astype(np_dtype)
+    packed = em.const("weight_q", w_t, None if storage == "int8" else ir_dtype)
+    return em.op("Cast", [packed], out="WeightToFloat", to=ir.DataType.FLOAT)
+
+
+def _round_half_even(em: _Emitter, v: ir.Value) -> ir.Value:
+    """``round_half_even(v)`` with two float adds (ORT WebGPU has no ``Round`` kernel).
+
+    ``v + 1.5 * 2^23`` lands in [2^23, 2^24), where float32 spacing is 1: IEEE round-to-nearest-
+    even makes it an integer, and subtracting the constant back is exact. Callers guarantee
+    ``|v| <= 2^22`` (clipped static codes, per-token codes ``|v| <= qmax``).
+    """
+    magic = em.const("round_magic", np.array(_ROUND_MAGIC, dtype=np.float32))
+    shifted = em.op("Add", [v, magic], out="RoundShift")
+    return em.op("Sub", [shifted, magic], out="Round")
+
+
 def _weight_scale(em: _Emitter, p: LayerQuantParams) -> ir.Value:
     s = p.weight.scale.astype(np.float32)
     return em.const("weight_scale", s if p.weight.granularity == "per_channel" else s.reshape(()))
@@ -121,6 +164,8 @@ def lower_static(em: _Emitter, x: ir.Value, p: LayerQuantParams, storage: str) -
     a = p.input
     if a.scale is None or a.zero_point is None:
         raise InternalError(f"layer {p.module_path!r}: static lowering without a calibrated scale")
+    if em.float_kernels:
+        return _lower_static_float(em, x, p, storage)
     if p.bias is not None or (a.qmin, a.qmax) != (-128, 127) or em.output_feeds_add:
         return _lower_static_integer(em, x, p, storage)
     s_x = em.const("input_scale", np.array(a.scale, dtype=np.float32))
@@ -156,11 +201,36 @@ def _lower_static_integer(em: _Emitter, x: ir.Value, p: LayerQuantParams, storag
         xq = em.op("Clip", [xq, lo, hi], out="ClipInput")
     acc = em.op("MatMulInteger", [xq, _weight_int8(em, p, storage), zp_u8])
     accf = em.op("Cast", [acc], out="CastAcc", to=ir.DataType.FLOAT)
-    combined = np.float32(a.scale) * p.weight.scale.astype(np.float32)
+    return _static_rescale(em, accf, p)
+
+
+def _static_rescale(em: _Emitter, accf: ir.Value, p: LayerQuantParams) -> ir.Value:
+    """``y = acc * (s_x * s_w) + bias``: ``linear_static_int``'s order (``acc`` as float32)."""
+    assert p.input.scale is not None
+    combined = np.float32(p.input.scale) * p.weight.scale.astype(np.float32)
     if p.weight.granularity != "per_channel":
         combined = combined.reshape(())
     y = em.op("Mul", [accf, em.const("output_scale", combined.astype(np.float32))], out="Rescale")
     return _add_bias(em, y, p)
+
+
+def _lower_static_float(em: _Emitter, x: ir.Value, p: LayerQuantParams, storage: str) -> ir.Value:
+    """Static activations with float kernels only (``kernels="float"``).
+
+    ``QuantizeLinear``'s ``clip(round(x / s_x) + zp, qmin, qmax) - zp`` is computed centred as
+    ``round(clip(x / s_x, qmin - zp, qmax - zp))``: the same integer (rounding is monotone and
+    the bounds are integers), as a float. Then ``MatMul`` with the float weight codes (the exact
+    accumulator) and the rescale of :func:`_lower_static_integer`.
+    """
+    a = p.input
+    assert a.scale is not None and a.zero_point is not None
+    s_x = em.const("input_scale", np.array(a.scale, dtype=np.float32))
+    v = em.op("Div", [x, s_x], out="ScaleInput")
+    lo = em.const("input_qmin", np.array(a.qmin - a.zero_point, dtype=np.float32))
+    hi = em.const("input_qmax", np.array(a.qmax - a.zero_point, dtype=np.float32))
+    q = _round_half_even(em, em.op("Clip", [v, lo, hi], out="ClipInput"))
+    acc = em.op("MatMul", [q, _weight_codes_float(em, p, storage)], out="MatMulCodes")
+    return _static_rescale(em, acc, p)
 
 
 def lower_dynamic(em: _Emitter, x: ir.Value, p: LayerQuantParams, storage: str) -> ir.Value:
@@ -174,14 +244,25 @@ def lower_dynamic(em: _Emitter, x: ir.Value, p: LayerQuantParams, storage: str) 
     ``acc`` is the exact int32 ``q @ Wq^T``; then ``y = acc * ((m / qmax) * s_w) + bias``: the
     op order of BitNetLayer's inference form ``linear_dynamic_int`` and of TFLite's hybrid FC,
     so PyTorch, ORT and LiteRT agree bit for bit (tested).
+
+    With float kernels: ``Clip(m, min=eps)`` for the ``Max``, the float rounding of
+    :func:`_round_half_even` for the ``QuantizeLinear``, and ``MatMul`` with the float weight
+    codes for ``MatMulInteger``; the same numbers while the float sums are exact.
     """
     a = p.input
     absx = em.op("Abs", [x])
     axes = em.const("reduce_axes", np.array([-1], dtype=np.int64))
     m = em.op("ReduceMax", [absx, axes], out="RowAbsMax", keepdims=1)
-    m = em.op("Max", [m, em.const("eps", np.array(a.eps, dtype=np.float32))], out="ClampEps")
+    eps = em.const("eps", np.array(a.eps, dtype=np.float32))
+    # max(m, eps); as Clip(m, min=eps) with float kernels (ORT WebGPU has no Max kernel)
+    m = em.op("Clip" if em.float_kernels else "Max", [m, eps], out="ClampEps")
     gamma = em.op("Div", [em.const("qmax", np.array(a.qmax, dtype=np.float32)), m], out="Gamma")
     scaled = em.op("Mul", [x, gamma], out="ScaleInput")
+    if em.float_kernels:
+        # |scaled| <= qmax: the float rounding is exact, no clip needed (see below)
+        q = _round_half_even(em, scaled)
+        accf = em.op("MatMul", [q, _weight_codes_float(em, p, storage)], out="MatMulCodes")
+        return _dynamic_rescale(em, accf, m, p)
     # One QuantizeLinear with scale 1 and uint8 zero point 128 does Round (half to even),
     # the +128 shift and the Cast: saturate(round(v / 1) + 128). |v| <= qmax by construction
     # (|x| <= m, so |x * qmax / m| rounds to at most qmax), so the saturation never clips and
@@ -194,9 +275,15 @@ def lower_dynamic(em: _Emitter, x: ir.Value, p: LayerQuantParams, storage: str) 
     # MatMulIntegerToFloatFusion would rewrite the rescale as (acc * s_w) * (m / qmax), a
     # different float32 rounding from TFLite's acc * ((m / qmax) * s_w) (measured)
     accf = em.op("DequantizeLinear", [acc, unit], out="AccToFloat")
+    return _dynamic_rescale(em, accf, m, p)
+
+
+def _dynamic_rescale(em: _Emitter, accf: ir.Value, m: ir.Value, p: LayerQuantParams) -> ir.Value:
+    """``y = acc * ((m / qmax) * s_w) + bias`` (``m``: the clamped row absmax)."""
     # one multiply of the accumulator by (m / qmax) * s_w: TFLite's hybrid FC order, so ONNX,
     # TFLite and PyTorch's inference form agree bit for bit (per tensor the factor is [B, 1])
-    row = em.op("Div", [m, em.const("qmax_divisor", np.array(a.qmax, dtype=np.float32))], out="RowScale")
+    qmax = np.array(p.input.qmax, dtype=np.float32)
+    row = em.op("Div", [m, em.const("qmax_divisor", qmax)], out="RowScale")
     factor = em.op("Mul", [row, _weight_scale(em, p)], out="RescaleFactor")
     y = em.op("Mul", [accf, factor], out="Rescale")
     return _add_bias(em, y, p)
@@ -281,27 +368,42 @@ def _pick(p: LayerQuantParams, weights: str) -> _Lowering:
     return lower_static if p.input.mode == "static" else lower_dynamic
 
 
-def lower_bitlinear_nodes(model: ir.Model, weights: str) -> list[dict[str, object]]:
+def _float_sum_exact(p: LayerQuantParams) -> bool:
+    """Whether a float32 ``MatMul`` of the layer's codes is its exact integer accumulator:
+    every partial sum is an integer below ``K * max|q_x| * max|q_w| < 2^24``."""
+    a = p.input
+    zp = a.zero_point if a.mode == "static" and a.zero_point is not None else 0
+    max_x = max(abs(a.qmin - zp), abs(a.qmax - zp))
+    max_w = int(np.abs(p.weight.values).max()) if p.weight.values.size else 0
+    return p.in_features * max_x * max_w < 2**24
+
+
+def lower_bitlinear_nodes(model: ir.Model, weights: str, kernels: str = "integer") -> list[dict[str, object]]:
     """Replace every BitLinear node of ``model`` in place.
 
     Args:
         model: the hub model (modified in place).
         weights: ``int8``, ``int4``, ``int2`` or ``matmulnbits``.
+        kernels: ``integer`` or ``float`` (see the module docstring). ``matmulnbits`` layers
+            are the same either way (ORT's WebGPU EP has a MatMulNBits kernel).
 
     Returns:
-        One summary dict per lowered layer (module path, mode, storage, weight bytes).
+        One summary dict per lowered layer (module path, mode, storage, weight bytes, ops, and
+        with float kernels whether the float32 accumulation is exact).
 
     Raises:
         ExportError: a layer that cannot be stored as asked (all layers are checked first).
     """
     if weights not in WEIGHT_MODES:
         raise ExportError(f"weights={weights!r} is not supported; choose one of {', '.join(WEIGHT_MODES)}")
+    if kernels not in KERNELS:
+        raise ExportError(f"kernels={kernels!r} is not supported; choose one of {', '.join(KERNELS)}")
     graph = model.graph
     summary: list[dict[str, object]] = []
     for node in [n for n in graph if is_bitlinear(n)]:
         p = read_bitlinear(node)
         feeds_add = any(use.node.op_type in ("Add", "Sub") for use in node.outputs[0].uses())
-        em = _Emitter(graph, p.module_path, feeds_add)
+        em = _Emitter(graph, p.module_path, feeds_add, float_kernels=kernels == "float")
         x = node.inputs[0]
         assert x is not None
         for v in node.inputs[1:]:
@@ -329,6 +431,8 @@ def lower_bitlinear_nodes(model: ir.Model, weights: str) -> list[dict[str, objec
                 "ops": [n.op_type for n in em.nodes],
             }
         )
+        if em.float_kernels and weights != "matmulnbits":
+            summary[-1]["float_sum_exact"] = _float_sum_exact(p)
     if any(n.domain == MS_DOMAIN for n in graph):
         model.opset_imports[MS_DOMAIN] = 1
     model.opset_imports.pop("bitnet_export", None)
