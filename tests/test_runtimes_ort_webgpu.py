@@ -19,26 +19,15 @@ import bitnet_export
 from bitnet_export.zoo import models
 from runtimes import make_adapter
 from runtimes.gpu.ort_env import BUILD_COMMAND, find_site
+from runtimes.gpu.vulkan import unavailable_reason
 from runtimes.protocol import RuntimeAdapterError
 
 torch = pytest.importorskip("torch")
 
 
-def _vulkan_source() -> str:
-    from runtimes.gpu.ort_webgpu import vulkan_environment
-    from runtimes.gpu.vulkan import have_loader
-
-    if not have_loader():
-        return "none"
-    return vulkan_environment()[1]
-
-
 pytestmark = [
     pytest.mark.skipif(find_site() is None, reason=f"onnxruntime-webgpu env missing: {BUILD_COMMAND}"),
-    pytest.mark.skipif(
-        _vulkan_source() == "none",
-        reason="no Vulkan loader/ICD: apt-get install libvulkan1; python -m runtimes.gpu.vulkan build",
-    ),
+    pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or ""),
 ]
 
 #: Bounds on max |webgpu - cpu| / max |cpu| (measured values in the module docstring).
@@ -109,6 +98,7 @@ def test_int8_dynamic_fails_naming_the_ops(onnx_files: dict[str, Path], webgpu) 
     msg = str(err.value)
     assert "fallback to CPU EP has been explicitly disabled" in msg
     assert "QuantizeLinear" in msg and "MatMulInteger" in msg
+    assert "kernels='float'" in msg and "--kernels float" in msg  # the fix, named
     with pytest.raises(RuntimeAdapterError, match="before load"):
         webgpu.run(_inputs())
 

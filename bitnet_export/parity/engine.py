@@ -74,6 +74,7 @@ class _FileFacts:
     format: str
     modes: list[str]
     weights: str | None
+    kernels: str
     scales: dict[str, Any]
     ranges: dict[str, Any]
 
@@ -86,6 +87,7 @@ def _file_facts(path: Path) -> _FileFacts:
         format=file_format(path),
         modes=[layer["input"]["mode"] for layer in layers],
         weights=weights,
+        kernels=json.loads(meta.get("bitnet_export.kernels", '"integer"')),
         scales=json.loads(meta.get("bitnet_export.output_scales", "{}")),
         ranges=json.loads(meta.get("bitnet_export.output_ranges", "{}")),
     )
@@ -194,7 +196,9 @@ def _run_file(
     for target in targets:
         adapter = make_adapter(target) if isinstance(target, str) else target
         label = f"{adapter.name} [{path.name}]" if label_with_file else adapter.name
-        tol = tolerance or tolerance_for(facts.modes, facts.weights, base_runtime(adapter.name), facts.format)
+        tol = tolerance or tolerance_for(
+            facts.modes, facts.weights, base_runtime(adapter.name), facts.format, facts.kernels
+        )
         try:
             adapter.load(path)
             names = [n for n, _, _ in adapter.input_specs()]  # type: ignore[attr-defined]
@@ -225,7 +229,7 @@ def _run_file(
             results.append(_versus_host(host, f"{label} vs x86", path, facts, feed, got, runtime, tol_host))
         elif adapter.name in GPU_CPU_TWIN:
             cpu = GPU_CPU_TWIN[adapter.name]
-            tol_cpu = tolerance_vs_cpu(facts.modes, facts.weights, adapter.name)
+            tol_cpu = tolerance_vs_cpu(facts.modes, facts.weights, adapter.name, facts.kernels)
             results.append(_versus_host(cpu, f"{label} vs cpu", path, facts, feed, got, runtime, tol_cpu))
     return results
 
@@ -254,9 +258,7 @@ def _versus_host(
         host.load(path)
         host_out = host.run(feed)
     except Exception as exc:
-        return TargetResult(
-            f"{label} vs x86", host_name, dict(runtime), (), tol, error=f"x86 run failed: {exc}"
-        )
+        return TargetResult(label, host_name, dict(runtime), (), tol, error=f"{host_name} run failed: {exc}")
     metrics = tuple(
         compare(n, host_out[n], got[n], None if facts.scales.get(n) is None else np.asarray(facts.scales[n]))
         for n in got

@@ -309,7 +309,7 @@ def _describe_runtime(runtime: Mapping[str, Any]) -> str:
     if "emulated" in runtime:
         parts.append("emulated" if runtime["emulated"] else "native")
     details = runtime.get("details") or {}
-    device = details.get("adapter") or details.get("device")
+    device = details.get("device")
     if device:  # the GPU adapter that served the run (e.g. "SwiftShader Device", "NVIDIA H100")
         parts.append(f"device {device}")
     if details.get("precision"):

@@ -25,6 +25,8 @@ import numpy as np
 
 PROVIDER = "WebGpuExecutionProvider"
 _NO_KERNEL = re.compile(r"webgpu kernel not found in registries for Op type: (\S+) node name: (\S*)")
+#: Integer ops of bitnet_export's default ONNX lowering that the WebGPU EP cannot run.
+_INTEGER_OPS = frozenset({"QuantizeLinear", "MatMulInteger", "DequantizeLinear", "Max", "Round"})
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32"}
 _VK_TYPES = {0: "other", 1: "integrated-gpu", 2: "discrete-gpu", 3: "virtual-gpu", 4: "cpu"}
 
@@ -124,9 +126,15 @@ class Model:
             self.session = ort.InferenceSession(path, so, providers=[PROVIDER])
         except Exception as exc:
             msg = " ".join(str(exc).split())
-            missing = sorted({f"{op} ({node})" for op, node in _NO_KERNEL.findall(_log_since(start))})
+            found = _NO_KERNEL.findall(_log_since(start))
+            missing = sorted({f"{op} ({node})" for op, node in found})
             if missing:
                 msg += f"; the WebGPU EP has no kernel for: {', '.join(missing)}"
+            if any(op in _INTEGER_OPS for op, _ in found):
+                msg += (
+                    ". The graph uses integer ops: export it for this EP with kernels='float' "
+                    "(bitnet-export export --format onnx --kernels float)"
+                )
             raise RequestError(f"cannot load {path} on {PROVIDER}: {msg}") from exc
         providers = self.session.get_providers()
         # ORT always appends the CPU EP; with fallback disabled no node may be assigned to it.
