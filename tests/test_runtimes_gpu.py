@@ -24,7 +24,7 @@ import bitnet_export
 from bitnet_export.backends.tflite.flatbuffer import read_model
 from bitnet_export.zoo.models import mlp
 from runtimes import make_adapter
-from runtimes.gpu.vulkan import ICD_ENV, has_hardware_gpu, have_loader, software_icd
+from runtimes.gpu.vulkan import ICD_ENV, unavailable_reason
 from runtimes.protocol import RuntimeAdapterError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,15 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HYBRID_ABS = 6e-3
 
 
-def _vulkan_skip_reason() -> str | None:
-    if not have_loader():
-        return "no Vulkan loader (apt-get install libvulkan1)"
-    if os.environ.get(ICD_ENV) or has_hardware_gpu() or software_icd() is not None:
-        return None
-    return "no Vulkan device: no GPU and no SwiftShader (python -m runtimes.gpu.vulkan build)"
-
-
-_REASON = _vulkan_skip_reason()
+_REASON = unavailable_reason()
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
 
 
@@ -113,10 +105,10 @@ def test_info_names_the_vulkan_adapter(models: dict[str, Path]) -> None:
     info = gpu.info()
     assert (info.runtime, info.provider) == ("litert", "gpu (webgpu/vulkan)")
     assert info.details["precision"] == "fp16" and info.details["fully_accelerated"] is True
-    assert info.details["adapter"] not in ("", "unknown")
-    assert info.details["device"] in ("software", "hardware")
-    if info.details["device"] == "software":
-        assert "SwiftShader" in info.details["adapter"]
+    assert info.details["device"] not in ("", "unknown")
+    assert info.details["device_kind"] in ("software", "hardware")
+    if info.details["device_kind"] == "software":
+        assert "SwiftShader" in info.details["device"]
 
 
 def test_verify_reports_the_adapter(models: dict[str, Path], example: torch.Tensor) -> None:
@@ -126,7 +118,7 @@ def test_verify_reports_the_adapter(models: dict[str, Path], example: torch.Tens
     assert result.error is None, result.error
     assert result.passed, report.as_dict()
     assert result.runtime["provider"] == "gpu (webgpu/vulkan)"
-    assert result.runtime["details"]["adapter"] not in ("", "unknown")
+    assert result.runtime["details"]["device"] not in ("", "unknown")
 
 
 def test_missing_icd_is_an_error(models: dict[str, Path], tmp_path: Path) -> None:

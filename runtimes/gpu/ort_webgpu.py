@@ -35,6 +35,7 @@ import numpy as np
 
 from runtimes._host import cpu_model, host_arch
 from runtimes.gpu.ort_env import BUILD_COMMAND, find_site
+from runtimes.gpu.vulkan import gpu_device_nodes, software_icd
 from runtimes.protocol import RuntimeAdapterError, RuntimeInfo
 
 __all__ = ["OrtWebGpuAdapter", "vulkan_environment"]
@@ -42,10 +43,6 @@ __all__ = ["OrtWebGpuAdapter", "vulkan_environment"]
 _WORKER: Final = Path(__file__).with_name("ort_webgpu_worker.py")
 _LOG_TAIL: Final = 25
 _ICD_VARS: Final = ("VK_ICD_FILENAMES", "VK_DRIVER_FILES")
-
-
-def _gpu_device_nodes() -> bool:
-    return Path("/dev/nvidia0").exists() or any(Path("/dev/dri").glob("renderD*"))
 
 
 def vulkan_environment() -> tuple[dict[str, str], str]:
@@ -57,10 +54,8 @@ def vulkan_environment() -> tuple[dict[str, str], str]:
     """
     if any(os.environ.get(v) for v in _ICD_VARS):
         return {}, "configured"
-    if _gpu_device_nodes():
+    if gpu_device_nodes():
         return {}, "system"
-    from runtimes.gpu.vulkan import software_icd
-
     icd = software_icd()
     if icd is not None:
         return {"VK_ICD_FILENAMES": str(icd)}, "software"

@@ -35,6 +35,7 @@ __all__ = [
     "has_hardware_gpu",
     "have_loader",
     "software_icd",
+    "unavailable_reason",
 ]
 
 ICD_ENV: Final = "VK_ICD_FILENAMES"
@@ -96,6 +97,18 @@ def _icd_valid(path: Path) -> bool:
     except (OSError, ValueError, KeyError, TypeError):
         return False
     return lib.is_absolute() and lib.is_file()
+
+
+def unavailable_reason() -> str | None:
+    """Why no Vulkan device can serve a GPU target in this process, or None when one can
+    (an ICD set by the caller, a hardware GPU, or the built SwiftShader ICD)."""
+    if not have_loader():
+        return "no Vulkan loader (apt-get install libvulkan1)"
+    if os.environ.get(ICD_ENV) or os.environ.get("VK_DRIVER_FILES") or has_hardware_gpu():
+        return None
+    if software_icd() is None:
+        return "no Vulkan device: no GPU and no SwiftShader (python -m runtimes.gpu.vulkan build)"
+    return None
 
 
 def software_icd() -> Path | None:
