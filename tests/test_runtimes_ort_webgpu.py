@@ -118,6 +118,7 @@ def test_timeout_kills_the_worker(onnx_files: dict[str, Path]) -> None:
     try:
         with pytest.raises(RuntimeAdapterError, match="timed out"):
             adapter.load(onnx_files["float"])
-        assert adapter._proc is None  # type: ignore[attr-defined]
+        worker = adapter._worker  # type: ignore[attr-defined]
+        assert worker is not None and not worker.alive()  # the process group was killed
     finally:
         adapter.close()  # type: ignore[attr-defined]

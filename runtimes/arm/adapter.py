@@ -24,23 +24,16 @@ from __future__ import annotations
 import atexit
 import contextlib
 import itertools
-import json
-import os
 import resource
-import selectors
-import shutil
-import signal
-import subprocess
-import tempfile
 import threading
-import time
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, Final
 
 import numpy as np
 
+from runtimes._worker import WorkerProcess
 from runtimes.arm import CPU_MODELS, RUNTIMES, target_name
 from runtimes.arm.env import BUILD_COMMAND, ArmEnv, env_dir, find_env
 from runtimes.protocol import RuntimeAdapterError, RuntimeInfo
@@ -58,166 +51,32 @@ QEMU_CPUS: Final = (
     "a64fx",
 )
 _WORKER: Final = Path(__file__).with_name("worker.py")
-_LOG_TAIL: Final = 25
 _IDS = itertools.count(1)
-
-
-def _rc_text(rc: int | None) -> str:
-    if rc is None:
-        return "is still running"
-    if rc < 0:
-        try:
-            return f"was killed by {signal.Signals(-rc).name}"
-        except ValueError:
-            return f"was killed by signal {-rc}"
-    return f"exited with status {rc}"
 
 
 def _no_core_dumps() -> None:  # runs in the child before exec: qemu would write guest cores
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-class _Worker:
-    """One emulated python running ``worker.py``, with its working directory and log."""
-
-    def __init__(self, env: ArmEnv, cpu: str, target: str) -> None:
-        self.env = env
-        self.cpu = cpu
-        self.dir = Path(tempfile.mkdtemp(prefix=f"bitnet-arm64-{cpu}-"))
-        shutil.copy2(_WORKER, self.dir / "worker.py")
-        self.log_path = self.dir / "worker.log"
-        self._lock = threading.Lock()
-        self._buf = b""
-        self.hello: dict[str, Any] = {}
-        self.closed = False
-        with self.log_path.open("wb") as log:
-            try:
-                self.proc = subprocess.Popen(
-                    env.command(cpu, "-s", "-B", "worker.py"),
-                    cwd=self.dir,
-                    env=env.environ(),
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=log,
-                    start_new_session=True,  # its own process group: killed as a whole
-                    preexec_fn=_no_core_dumps,
-                )
-            except OSError as exc:
-                shutil.rmtree(self.dir, ignore_errors=True)
-                raise RuntimeAdapterError(f"{target}: cannot start {env.qemu}: {exc}") from exc
-        self._stdin: IO[bytes] = self.proc.stdin  # type: ignore[assignment]
-        self._stdout: IO[bytes] = self.proc.stdout  # type: ignore[assignment]
-
-    def alive(self) -> bool:
-        return not self.closed and self.proc.poll() is None
-
-    def log_tail(self) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return "(no log)"
-        return "\n".join(lines[-_LOG_TAIL:]) if lines else "(log is empty)"
-
-    def kill(self) -> None:
-        """Kill the whole process group (qemu and any thread or child of it)."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-
-    def close(self) -> None:
-        """Ask the worker to exit, kill it if it does not, remove its directory."""
-        if self.closed:
-            return
-        if self.proc.poll() is None:
-            try:
-                self._stdin.write(b'{"op": "exit"}\n')
-                self._stdin.flush()
-                self.proc.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-        self.kill()
-        for stream in (self._stdin, self._stdout):
-            with contextlib.suppress(OSError):
-                stream.close()
-        self.closed = True
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def _fail(self, target: str, what: str) -> RuntimeAdapterError:
-        return RuntimeAdapterError(
-            f"{target}: {what} (qemu-aarch64 -cpu {self.cpu}, worker dir {self.dir}); "
-            f"worker log tail:\n{self.log_tail()}"
-        )
-
-    def _read_line(self, deadline: float, target: str, doing: str, timeout_s: float) -> dict[str, Any]:
-        """The next reply line; kill the worker when the deadline passes or the reply is garbage."""
-        sel = selectors.DefaultSelector()
-        sel.register(self._stdout, selectors.EVENT_READ)
-        try:
-            while b"\n" not in self._buf:
-                left = deadline - time.monotonic()
-                if left <= 0 or not sel.select(left):
-                    self.kill()
-                    raise self._fail(
-                        target, f"timed out after {timeout_s:g} s {doing}; the worker was killed"
-                    )
-                chunk = os.read(self._stdout.fileno(), 1 << 16)
-                if not chunk:  # EOF: the process is gone (crash, signal, exit)
-                    try:
-                        rc = self.proc.wait(timeout=10)
-                    except subprocess.TimeoutExpired:
-                        self.kill()
-                        rc = self.proc.returncode
-                    raise self._fail(target, f"the emulated worker {_rc_text(rc)} while {doing}")
-                self._buf += chunk
-        finally:
-            sel.close()
-        line, _, self._buf = self._buf.partition(b"\n")
-        try:
-            reply = json.loads(line)
-        except ValueError as exc:
-            self.kill()
-            raise self._fail(target, f"unreadable reply while {doing}: {line[:200]!r}") from exc
-        if not isinstance(reply, dict):
-            self.kill()
-            raise self._fail(target, f"unexpected reply while {doing}: {line[:200]!r}")
-        return reply
-
-    def start(self, target: str, timeout_s: float) -> None:
-        """Wait for the worker's hello (python started, numpy imported, CPU facts read)."""
-        with self._lock:
-            reply = self._read_line(time.monotonic() + timeout_s, target, "starting", timeout_s)
-        self.hello = dict(reply.get("hello") or {})
-
-    def request(self, req: Mapping[str, Any], target: str, timeout_s: float) -> dict[str, Any]:
-        """Send one request and wait for its reply.
-
-        Raises:
-            RuntimeAdapterError: the worker replied with an error, died, or missed the deadline.
-        """
-        doing = f"serving {req.get('op')!r}"
-        with self._lock:
-            if not self.alive():
-                raise self._fail(target, f"the emulated worker {_rc_text(self.proc.poll())} before {doing}")
-            try:
-                self._stdin.write((json.dumps(dict(req)) + "\n").encode())
-                self._stdin.flush()
-            except OSError as exc:
-                self.kill()
-                raise self._fail(target, f"cannot write to the worker ({exc})") from exc
-            reply = self._read_line(time.monotonic() + timeout_s, target, doing, timeout_s)
-        if not reply.get("ok"):
-            raise RuntimeAdapterError(f"{target}: {reply.get('error', 'the worker failed without a reason')}")
-        return reply
+def _new_worker(env: ArmEnv, cpu: str, target: str) -> WorkerProcess:
+    """One emulated python running ``worker.py`` in its own directory."""
+    return WorkerProcess(
+        _WORKER,
+        lambda script: env.command(cpu, "-s", "-B", script),
+        env.environ(),
+        name=target,
+        where=f"qemu-aarch64 -cpu {cpu}",
+        prefix=f"bitnet-arm64-{cpu}-",
+        preexec_fn=_no_core_dumps,
+    )
 
 
 # --------------------------------------------------------------------------- shared workers
-_POOL: dict[tuple[str, str], _Worker] = {}
+_POOL: dict[tuple[str, str], WorkerProcess] = {}
 _POOL_LOCK = threading.Lock()
 
 
-def _shared_worker(env: ArmEnv, cpu: str, target: str, timeout_s: float) -> _Worker:
+def _shared_worker(env: ArmEnv, cpu: str, target: str, timeout_s: float) -> WorkerProcess:
     """The live shared worker for ``cpu``, started when there is none."""
     key = (str(env.root), cpu)
     with _POOL_LOCK:
@@ -226,7 +85,7 @@ def _shared_worker(env: ArmEnv, cpu: str, target: str, timeout_s: float) -> _Wor
             return worker
         if worker is not None:
             worker.close()
-        worker = _Worker(env, cpu, target)
+        worker = _new_worker(env, cpu, target)
         _POOL[key] = worker
         try:
             worker.start(target, timeout_s)
@@ -298,8 +157,8 @@ class Arm64Adapter:
         else:
             self.options.update(allow_partial=allow_partial)
         self._env: ArmEnv | None = None
-        self._worker: _Worker | None = None  # the process that holds the loaded model
-        self._private: _Worker | None = None  # this adapter's own process (shared=False)
+        self._worker: WorkerProcess | None = None  # the process that holds the loaded model
+        self._private: WorkerProcess | None = None  # this adapter's own process (shared=False)
         self._id = ""
         self._path: Path | None = None
         self._inputs: list[dict[str, Any]] = []
@@ -316,14 +175,14 @@ class Arm64Adapter:
             )
         return env
 
-    def _get_worker(self, env: ArmEnv) -> _Worker:
+    def _get_worker(self, env: ArmEnv) -> WorkerProcess:
         if self.shared:
             return _shared_worker(env, self.cpu, self.name, self.timeout_s)
         if self._private is not None and self._private.alive():
             return self._private
         if self._private is not None:
             self._private.close()
-        self._private = worker = _Worker(env, self.cpu, self.name)
+        self._private = worker = _new_worker(env, self.cpu, self.name)
         weakref.finalize(self, worker.close)  # an adapter dropped without close()
         try:
             worker.start(self.name, self.timeout_s)
@@ -333,7 +192,7 @@ class Arm64Adapter:
             raise
         return worker
 
-    def _load_on(self, worker: _Worker, path: Path) -> None:
+    def _load_on(self, worker: WorkerProcess, path: Path) -> None:
         model_id = f"m{next(_IDS)}"
         # The model's directory, linked into the worker's directory: the guest opens it by a
         # relative path (no root filesystem lookup), and external data stays beside the model.
@@ -367,7 +226,7 @@ class Arm64Adapter:
         self._load_on(self._get_worker(env), path)
         self._path = path
 
-    def _require(self) -> _Worker:
+    def _require(self) -> WorkerProcess:
         if self._path is None or self._worker is None or self._env is None:
             raise RuntimeAdapterError(f"{self.name}: run() before load()")
         if not self._worker.alive():  # crashed or killed since: reload in a fresh process

@@ -1,12 +1,9 @@
 """Guest side of the aarch64 targets: run by the *emulated* python, never imported on the host.
 
-It may import only the standard library, numpy, onnxruntime and ai_edge_litert (the guest has
-nothing else: no torch, no bitnet_export, no ``runtimes`` package). One process serves many
-requests, because each emulated start costs ~2 s (python plus imports).
-
-Protocol: one JSON object per line on stdin; one JSON reply per line on the original stdout.
-Native libraries that print to stdout would corrupt the replies, so fd 1 is pointed at stderr
-(the host's log file) and replies go to a duplicate of the original fd 1. All file names in
+It may import only the standard library, numpy, onnxruntime, ai_edge_litert and
+``worker_common`` (copied beside it by the host; the guest has no torch, no bitnet_export, no
+``runtimes`` package). One process serves many requests, because each emulated start costs ~2 s
+(python plus imports). The protocol is :mod:`runtimes.worker_common`'s. All file names in
 requests are relative to the working directory: qemu looks absolute paths up in the root
 filesystem first.
 
@@ -28,18 +25,16 @@ Failures reply ``{"ok": false, "error": "..."}``; the process keeps serving.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
-import traceback
 from typing import Any
 
 import numpy as np
+from worker_common import RequestError, ort_inputs, read_feed, serve, write_outputs
 
 _DELEGATE_OP = "DELEGATE"
 _SIGNATURE_KEY = "serving_default"
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32"}
 _ORT_LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC"}
 _ORT_LEVELS.update(extended="ORT_ENABLE_EXTENDED", all="ORT_ENABLE_ALL")
 _LITERT_RESOLVERS = {
@@ -47,10 +42,6 @@ _LITERT_RESOLVERS = {
     "builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES",
     "reference": "BUILTIN_REF",
 }
-
-
-class RequestError(Exception):
-    """A request that cannot be served; the message goes back to the host."""
 
 
 def cpu_facts() -> dict[str, Any]:
@@ -120,10 +111,7 @@ class OrtModel:
         self.level = level
 
     def inputs(self) -> list[dict[str, Any]]:
-        return [
-            {"name": i.name, "shape": list(i.shape), "type": i.type, "dtype": _ORT_TYPES.get(i.type)}
-            for i in self.session.get_inputs()
-        ]
+        return ort_inputs(self.session)
 
     def outputs(self) -> list[str]:
         return [o.name for o in self.session.get_outputs()]
@@ -339,17 +327,11 @@ class Server:
         model = self.models.get(str(req["id"]))
         if model is None:
             raise RequestError(f"no model loaded as {req['id']!r}")
-        # Arrays travel as a0, a1... (o0, o1... back): a tensor may be named "file" or "a/b".
-        names = [str(n) for n in req["names"]]
-        with np.load(str(req["inputs"])) as data:
-            feed = {n: data[f"a{i}"] for i, n in enumerate(names)}
         try:
-            outs = model.run(feed)
+            outs = model.run(read_feed(req))
         except (ValueError, RuntimeError) as exc:
             raise RequestError(f"run failed: {' '.join(str(exc).split())}") from exc
-        arrays: dict[str, Any] = {f"o{i}": a for i, a in enumerate(outs.values())}
-        np.savez(str(req["outputs"]), **arrays)
-        return {"outputs": list(outs), "info": model.info()}
+        return {"outputs": write_outputs(req, outs), "info": model.info()}
 
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
@@ -368,32 +350,7 @@ class Server:
 
 def main() -> int:
     """Serve requests from stdin until EOF or ``exit``."""
-    reply_fd = os.dup(1)
-    os.dup2(2, 1)  # native code printing to stdout lands in the log, not in the replies
-    sys.stdout = sys.stderr
-    replies = os.fdopen(reply_fd, "w", buffering=1)
-
-    def send(obj: dict[str, Any]) -> None:
-        replies.write(json.dumps(obj) + "\n")
-        replies.flush()
-
-    send({"ok": True, "hello": cpu_facts()})
-    server = Server()
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        try:
-            req = json.loads(line)
-            if req.get("op") == "exit":
-                send({"ok": True})
-                return 0
-            send({"ok": True, **server.handle(req)})
-        except RequestError as exc:
-            send({"ok": False, "error": str(exc)})
-        except Exception as exc:  # a worker bug: report it with its traceback, keep serving
-            traceback.print_exc()
-            send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
-    return 0
+    return serve(cpu_facts, Server().handle)
 
 
 if __name__ == "__main__":

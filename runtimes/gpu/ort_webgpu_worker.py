@@ -2,37 +2,31 @@
 
 Runs with the host python and ``PYTHONPATH`` = the ``onnxruntime-webgpu`` site directory
 (:mod:`runtimes.gpu.ort_env`) first, so ``import onnxruntime`` is the WebGPU build. It imports
-neither ``bitnet_export`` nor ``runtimes`` (standard library, numpy, onnxruntime only).
+neither ``bitnet_export`` nor ``runtimes`` (standard library, numpy, onnxruntime, and
+``worker_common``, copied beside it by the host).
 
-Protocol: one JSON request per stdin line, one JSON reply per line on the original stdout
-(``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``); the first line is a hello. Requests:
-``load`` (``model``), ``run`` (``names``, ``inputs`` .npz, ``outputs`` .npz), ``exit``. Native
-logs go to stderr, which the host points at a log file named in ``BITNET_WORKER_LOG``; the
-worker reads back ORT's placement messages from it to name the ops the WebGPU EP has no kernel for.
+Protocol: :mod:`runtimes.worker_common`'s. Requests: ``load`` (``model``: one model at a time),
+``run`` (``names``, ``inputs`` .npz, ``outputs`` .npz), ``exit``. Native logs go to stderr, which
+the host points at a log file named in ``BITNET_WORKER_LOG``; the worker reads back ORT's
+placement messages from it to name the ops the WebGPU EP has no kernel for.
 """
 
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import re
 import sys
-import traceback
 from typing import Any
 
 import numpy as np
+from worker_common import RequestError, ort_inputs, read_feed, serve, write_outputs
 
 PROVIDER = "WebGpuExecutionProvider"
 _NO_KERNEL = re.compile(r"webgpu kernel not found in registries for Op type: (\S+) node name: (\S*)")
 #: Integer ops of bitnet_export's default ONNX lowering that the WebGPU EP cannot run.
 _INTEGER_OPS = frozenset({"QuantizeLinear", "MatMulInteger", "DequantizeLinear", "Max", "Round"})
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32"}
 _VK_TYPES = {0: "other", 1: "integrated-gpu", 2: "discrete-gpu", 3: "virtual-gpu", 4: "cpu"}
-
-
-class RequestError(Exception):
-    """A request that cannot be served; the message goes back to the host."""
 
 
 def vulkan_devices() -> list[dict[str, Any]]:
@@ -143,10 +137,7 @@ class Model:
         self.providers = providers
 
     def inputs(self) -> list[dict[str, Any]]:
-        return [
-            {"name": i.name, "shape": list(i.shape), "type": i.type, "dtype": _ORT_TYPES.get(i.type)}
-            for i in self.session.get_inputs()
-        ]
+        return ort_inputs(self.session)
 
     def outputs(self) -> list[str]:
         return [o.name for o in self.session.get_outputs()]
@@ -187,59 +178,36 @@ def hello() -> dict[str, Any]:
     return facts
 
 
+class Server:
+    """The loaded model (one at a time) and the request dispatch."""
+
+    def __init__(self) -> None:
+        self.model: Model | None = None
+
+    def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = req.get("op")
+        if op == "load":
+            path = str(req["model"])
+            if not os.path.isfile(path):
+                raise RequestError(f"model file {path} does not exist")
+            self.model = None
+            self.model = Model(path, dict(req.get("options") or {}))
+            return {"inputs": self.model.inputs(), "outputs": self.model.outputs(), "info": self.model.info()}
+        if op == "run":
+            if self.model is None:
+                raise RequestError("run before load")
+            try:
+                outs = self.model.run(read_feed(req))
+            except Exception as exc:
+                raise RequestError(f"run failed: {' '.join(str(exc).split())}") from exc
+            return {"outputs": write_outputs(req, outs), "info": self.model.info()}
+        raise RequestError(f"unknown op {op!r}")
+
+
 def main() -> int:
     """Serve requests from stdin until EOF or ``exit``."""
-    reply_fd = os.dup(1)
-    os.dup2(2, 1)  # native code printing to stdout lands in the log, not in the replies
-    sys.stdout = sys.stderr
-    replies = os.fdopen(reply_fd, "w", buffering=1)
-
-    def send(obj: dict[str, Any]) -> None:
-        replies.write(json.dumps(obj) + "\n")
-        replies.flush()
-
-    try:
-        send({"ok": True, "hello": hello()})
-    except Exception as exc:
-        send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
-        return 1
-    model: Model | None = None
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        try:
-            req = json.loads(line)
-            op = req.get("op")
-            if op == "exit":
-                send({"ok": True})
-                return 0
-            if op == "load":
-                path = str(req["model"])
-                if not os.path.isfile(path):
-                    raise RequestError(f"model file {path} does not exist")
-                model = Model(path, dict(req.get("options") or {}))
-                send({"ok": True, "inputs": model.inputs(), "outputs": model.outputs(), "info": model.info()})
-            elif op == "run":
-                if model is None:
-                    raise RequestError("run before load")
-                names = [str(n) for n in req["names"]]
-                with np.load(str(req["inputs"])) as data:
-                    feed = {n: data[f"a{i}"] for i, n in enumerate(names)}
-                try:
-                    outs = model.run(feed)
-                except Exception as exc:
-                    raise RequestError(f"run failed: {' '.join(str(exc).split())}") from exc
-                arrays: dict[str, Any] = {f"o{i}": a for i, a in enumerate(outs.values())}
-                np.savez(str(req["outputs"]), **arrays)
-                send({"ok": True, "outputs": list(outs), "info": model.info()})
-            else:
-                raise RequestError(f"unknown op {op!r}")
-        except RequestError as exc:
-            send({"ok": False, "error": str(exc)})
-        except Exception as exc:  # a worker bug: report it with its traceback, keep serving
-            traceback.print_exc()
-            send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
-    return 0
+    os.environ.setdefault("XDG_RUNTIME_DIR", os.getcwd())  # the worker's own 0700 directory
+    return serve(hello, Server().handle)
 
 
 if __name__ == "__main__":

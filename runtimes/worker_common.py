@@ -1,0 +1,90 @@
+"""The worker's half of the protocol of :mod:`runtimes._worker`, shared by every worker script.
+
+Runs inside the worker (the emulated aarch64 python, or the host python with the
+``onnxruntime-webgpu`` site first): standard library and numpy only, and never imported as part
+of the ``runtimes`` package there. The host copies it next to the worker script, which imports it
+as the top-level module ``worker_common``.
+
+Protocol: one JSON object per line on stdin; one JSON reply per line on the original stdout.
+Native libraries that print to stdout would corrupt the replies, so fd 1 is pointed at stderr
+(the host's log file) and replies go to a duplicate of the original fd 1. The first reply is the
+worker's hello (``{"ok": true, "hello": {...}}``); ``{"op": "exit"}`` ends the loop. A request that
+cannot be served replies ``{"ok": false, "error": "..."}`` and the worker keeps serving. Arrays
+travel in ``.npz`` files as ``a0, a1...`` (inputs) and ``o0, o1...`` (outputs), in the order of
+the names in the request: a tensor may be named ``file`` or ``a/b``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ORT_TYPES", "RequestError", "ort_inputs", "read_feed", "serve", "write_outputs"]
+
+#: ORT input type -> numpy dtype name, for the host's input checks.
+ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32"}
+
+
+class RequestError(Exception):
+    """A request that cannot be served; the message goes back to the host."""
+
+
+def ort_inputs(session: Any) -> list[dict[str, Any]]:
+    """``name``, ``shape``, ORT ``type`` and numpy ``dtype`` of an InferenceSession's inputs."""
+    return [
+        {"name": i.name, "shape": list(i.shape), "type": i.type, "dtype": ORT_TYPES.get(i.type)}
+        for i in session.get_inputs()
+    ]
+
+
+def read_feed(req: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The input arrays of a ``run`` request, by name."""
+    names = [str(n) for n in req["names"]]
+    with np.load(str(req["inputs"])) as data:
+        return {n: data[f"a{i}"] for i, n in enumerate(names)}
+
+
+def write_outputs(req: dict[str, Any], outs: dict[str, np.ndarray]) -> list[str]:
+    """Store a ``run`` request's outputs in its ``outputs`` file; returns their names in order."""
+    arrays: dict[str, Any] = {f"o{i}": a for i, a in enumerate(outs.values())}
+    np.savez(str(req["outputs"]), **arrays)
+    return list(outs)
+
+
+def serve(hello: Callable[[], dict[str, Any]], handle: Callable[[dict[str, Any]], dict[str, Any]]) -> int:
+    """Send ``hello()``'s facts, then answer requests with ``handle`` until EOF or ``exit``."""
+    reply_fd = os.dup(1)
+    os.dup2(2, 1)  # native code printing to stdout lands in the log, not in the replies
+    sys.stdout = sys.stderr
+    replies = os.fdopen(reply_fd, "w", buffering=1)
+
+    def send(obj: dict[str, Any]) -> None:
+        replies.write(json.dumps(obj) + "\n")
+        replies.flush()
+
+    try:
+        send({"ok": True, "hello": hello()})
+    except Exception as exc:
+        send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+        return 1
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            req = json.loads(line)
+            if req.get("op") == "exit":
+                send({"ok": True})
+                return 0
+            send({"ok": True, **handle(req)})
+        except RequestError as exc:
+            send({"ok": False, "error": str(exc)})
+        except Exception as exc:  # a worker bug: report it with its traceback, keep serving
+            traceback.print_exc()
+            send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+    return 0
