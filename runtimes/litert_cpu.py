@@ -38,6 +38,7 @@ from ai_edge_litert.options import CpuOptions, Options
 
 from runtimes._host import cpu_model, host_arch
 from runtimes.protocol import RuntimeAdapterError, RuntimeInfo
+from runtimes.worker_common import delegate_placement
 
 __all__ = ["KERNELS", "LiteRtCompiledModelAdapter", "LiteRtInterpreterAdapter", "litert_version"]
 
@@ -48,7 +49,6 @@ KERNELS: Final = {
     "reference": OpResolverType.BUILTIN_REF,
 }
 SIGNATURE_KEY: Final = "serving_default"
-_DELEGATE_OP: Final = "DELEGATE"
 _TFLITE_IDENTIFIER: Final = b"TFL3"
 
 
@@ -191,36 +191,13 @@ class _Placement:
 
 
 def _placement(nodes: Sequence[Mapping[str, Any]]) -> _Placement:
-    """Attribute model ops to DELEGATE nodes by walking back from each partition's outputs.
-
-    A delegate node's inputs and outputs are the boundary tensors of its partition, so every op
-    reached backwards from the outputs without crossing an input belongs to it.
-    """
-    originals = [n for n in nodes if n["op_name"] != _DELEGATE_OP]
-    delegates = [n for n in nodes if n["op_name"] == _DELEGATE_OP]
-    producer = {int(t): int(n["index"]) for n in originals for t in n["outputs"] if int(t) >= 0}
-    by_index = {int(n["index"]): n for n in originals}
-    covered: set[int] = set()
-    for d in delegates:
-        boundary = {int(t) for t in d["inputs"]}
-        stack = [int(t) for t in d["outputs"]]
-        seen: set[int] = set()
-        while stack:
-            tensor = stack.pop()
-            if tensor in seen or tensor in boundary:
-                continue
-            seen.add(tensor)
-            node = producer.get(tensor)
-            if node is not None and node not in covered:
-                covered.add(node)
-                stack.extend(int(t) for t in by_index[node]["inputs"] if int(t) >= 0)
+    """Attribute model ops to DELEGATE nodes (:func:`runtimes.worker_common.delegate_placement`)."""
+    found = delegate_placement(nodes)
     return _Placement(
-        ops=tuple(str(n["op_name"]) for n in nodes),
-        delegated=tuple(str(n["op_name"]) for n in originals if int(n["index"]) in covered),
-        undelegated=tuple(
-            f"{n['op_name']} (node {n['index']})" for n in originals if int(n["index"]) not in covered
-        ),
-        delegate_nodes=len(delegates),
+        ops=tuple(found["ops"]),
+        delegated=tuple(found["delegated_ops"]),
+        undelegated=tuple(found["undelegated_ops"]),
+        delegate_nodes=int(found["delegate_nodes"]),
     )
 
 

@@ -3,7 +3,8 @@
 Runs inside the worker (the emulated aarch64 python, or the host python with the
 ``onnxruntime-webgpu`` site first): standard library and numpy only, and never imported as part
 of the ``runtimes`` package there. The host copies it next to the worker script, which imports it
-as the top-level module ``worker_common``.
+as the top-level module ``worker_common``; host code may import it as ``runtimes.worker_common``
+(the LiteRT adapters share :func:`delegate_placement` with the aarch64 worker).
 
 Protocol: one JSON object per line on stdin; one JSON reply per line on the original stdout.
 Native libraries that print to stdout would corrupt the replies, so fd 1 is pointed at stderr
@@ -20,15 +21,27 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ORT_TYPES", "RequestError", "ort_inputs", "read_feed", "serve", "write_outputs"]
+__all__ = [
+    "ORT_TYPES",
+    "RequestError",
+    "delegate_placement",
+    "ort_inputs",
+    "read_feed",
+    "serve",
+    "write_outputs",
+]
 
 #: ORT input type -> numpy dtype name, for the host's input checks.
 ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32"}
+
+
+#: The op name of a LiteRT delegate partition in the interpreter's node list.
+DELEGATE_OP = "DELEGATE"
 
 
 class RequestError(Exception):
@@ -41,6 +54,45 @@ def ort_inputs(session: Any) -> list[dict[str, Any]]:
         {"name": i.name, "shape": list(i.shape), "type": i.type, "dtype": ORT_TYPES.get(i.type)}
         for i in session.get_inputs()
     ]
+
+
+def delegate_placement(nodes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Which model ops LiteRT delegate partitions took, from ``Interpreter._get_ops_details()``.
+
+    A ``DELEGATE`` node's inputs and outputs are the boundary tensors of its partition and the
+    original nodes stay in the list, so every op reached backwards from a delegate's outputs
+    without crossing one of its inputs belongs to it.
+
+    Returns:
+        ``ops`` (every node), ``delegated_ops``, ``undelegated_ops`` (``"OP (node i)"``) and
+        ``delegate_nodes`` (the partition count).
+    """
+    originals = [n for n in nodes if n["op_name"] != DELEGATE_OP]
+    delegates = [n for n in nodes if n["op_name"] == DELEGATE_OP]
+    producer = {int(t): int(n["index"]) for n in originals for t in n["outputs"] if int(t) >= 0}
+    by_index = {int(n["index"]): n for n in originals}
+    covered: set[int] = set()
+    for d in delegates:
+        boundary = {int(t) for t in d["inputs"]}
+        stack = [int(t) for t in d["outputs"]]
+        seen: set[int] = set()
+        while stack:
+            tensor = stack.pop()
+            if tensor in seen or tensor in boundary:
+                continue
+            seen.add(tensor)
+            node = producer.get(tensor)
+            if node is not None and node not in covered:
+                covered.add(node)
+                stack.extend(int(t) for t in by_index[node]["inputs"] if int(t) >= 0)
+    return {
+        "ops": [str(n["op_name"]) for n in nodes],
+        "delegated_ops": [str(n["op_name"]) for n in originals if int(n["index"]) in covered],
+        "undelegated_ops": [
+            f"{n['op_name']} (node {n['index']})" for n in originals if int(n["index"]) not in covered
+        ],
+        "delegate_nodes": len(delegates),
+    }
 
 
 def read_feed(req: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -31,9 +31,8 @@ import sys
 from typing import Any
 
 import numpy as np
-from worker_common import RequestError, ort_inputs, read_feed, serve, write_outputs
+from worker_common import RequestError, delegate_placement, ort_inputs, read_feed, serve, write_outputs
 
-_DELEGATE_OP = "DELEGATE"
 _SIGNATURE_KEY = "serving_default"
 _ORT_LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC"}
 _ORT_LEVELS.update(extended="ORT_ENABLE_EXTENDED", all="ORT_ENABLE_ALL")
@@ -131,40 +130,6 @@ class OrtModel:
 
 
 # --------------------------------------------------------------------------- LiteRT
-def _placement(nodes: list[dict[str, Any]]) -> dict[str, Any]:
-    """Which original nodes a DELEGATE node covers (as ``runtimes.litert_cpu`` computes it).
-
-    A delegate node's inputs/outputs are its partition's boundary tensors; the original nodes
-    stay in the list. Walk back from each delegate output to its inputs.
-    """
-    originals = [n for n in nodes if n["op_name"] != _DELEGATE_OP]
-    delegates = [n for n in nodes if n["op_name"] == _DELEGATE_OP]
-    producer = {int(t): int(n["index"]) for n in originals for t in n["outputs"] if int(t) >= 0}
-    by_index = {int(n["index"]): n for n in originals}
-    covered: set[int] = set()
-    for d in delegates:
-        boundary = {int(t) for t in d["inputs"]}
-        stack = [int(t) for t in d["outputs"]]
-        seen: set[int] = set()
-        while stack:
-            tensor = stack.pop()
-            if tensor in seen or tensor in boundary:
-                continue
-            seen.add(tensor)
-            node = producer.get(tensor)
-            if node is not None and node not in covered:
-                covered.add(node)
-                stack.extend(int(t) for t in by_index[node]["inputs"] if int(t) >= 0)
-    return {
-        "ops": [str(n["op_name"]) for n in nodes],
-        "delegated_ops": [str(n["op_name"]) for n in originals if int(n["index"]) in covered],
-        "undelegated_ops": [
-            f"{n['op_name']} (node {n['index']})" for n in originals if int(n["index"]) not in covered
-        ],
-        "delegate_nodes": len(delegates),
-    }
-
-
 def _free_shape(signature: list[int]) -> list[Any]:
     return [d if d >= 0 else ("batch" if i == 0 else f"dim{i}") for i, d in enumerate(signature)]
 
@@ -225,7 +190,7 @@ class LiteRtModel:
 
     def verify(self) -> dict[str, Any]:
         """No silent fallback: the requested kernel set must hold the graph."""
-        placement = _placement(self.interp._get_ops_details())
+        placement = delegate_placement(self.interp._get_ops_details())
         if self.kernel != "xnnpack":
             if placement["delegate_nodes"]:
                 raise RequestError(
