@@ -202,7 +202,28 @@ def _placement(nodes: Sequence[Mapping[str, Any]]) -> _Placement:
 
 
 # --------------------------------------------------------------------------- Interpreter
-class LiteRtInterpreterAdapter:
+class _SignatureIO:
+    """``input_specs`` / ``output_names`` from a loaded model's signature (both LiteRT APIs)."""
+
+    _inputs: list[_IoSpec]
+    _outputs: list[_IoSpec]
+
+    def _require(self) -> object:
+        """The loaded interpreter or model; raises before ``load``."""
+        raise NotImplementedError
+
+    def input_specs(self) -> list[tuple[str, list[int | str], str]]:
+        """``(name, shape, dtype)`` of each input; free (resizable) dimensions are names."""
+        self._require()
+        return [(s.name, s.shape_spec(), s.dtype.name) for s in self._inputs]
+
+    def output_names(self) -> list[str]:
+        """Model output names, in signature order."""
+        self._require()
+        return [s.name for s in self._outputs]
+
+
+class LiteRtInterpreterAdapter(_SignatureIO):
     """Run a ``.tflite`` file with LiteRT's ``Interpreter`` and an explicit kernel set.
 
     Args:
@@ -285,16 +306,6 @@ class LiteRtInterpreterAdapter:
             raise RuntimeAdapterError(f"{self.name}: run() before load()")
         return self._interp
 
-    def input_specs(self) -> list[tuple[str, list[int | str], str]]:
-        """``(name, shape, dtype)`` of each input; free (resizable) dimensions are names."""
-        self._require()
-        return [(s.name, s.shape_spec(), s.dtype.name) for s in self._inputs]
-
-    def output_names(self) -> list[str]:
-        """Model output names, in signature order."""
-        self._require()
-        return [s.name for s in self._outputs]
-
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once; inputs whose free dimensions differ from the last run are resized first.
 
@@ -359,7 +370,7 @@ class LiteRtInterpreterAdapter:
 
 
 # --------------------------------------------------------------------------- CompiledModel
-class LiteRtCompiledModelAdapter:
+class LiteRtCompiledModelAdapter(_SignatureIO):
     """Run a ``.tflite`` file with LiteRT's ``CompiledModel`` on the CPU accelerator only.
 
     The CPU accelerator is XNNPACK; ``is_fully_accelerated()`` says whether it took every op
@@ -443,16 +454,6 @@ class LiteRtCompiledModelAdapter:
         if self._model is None:
             raise RuntimeAdapterError(f"{self.name}: run() before load()")
         return self._model
-
-    def input_specs(self) -> list[tuple[str, list[int | str], str]]:
-        """``(name, shape, dtype)`` of each input; free (resizable) dimensions are names."""
-        self._require()
-        return [(s.name, s.shape_spec(), s.dtype.name) for s in self._inputs]
-
-    def output_names(self) -> list[str]:
-        """Model output names, in signature order."""
-        self._require()
-        return [s.name for s in self._outputs]
 
     def _io_buffers(self, model: CompiledModel) -> tuple[dict[str, Any], dict[str, Any]]:
         """Input/output TensorBuffers for the current shapes (recreated after a resize)."""
