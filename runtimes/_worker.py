@@ -51,6 +51,7 @@ class WorkerProcess:
 
     Args:
         script: the worker script; copied (with ``worker_common.py``) into the directory.
+        support: more modules the worker imports, copied beside it.
         command: builds the command line from the script's name in the directory (the worker
             runs with that directory as its working directory).
         env: the worker's environment; ``BITNET_WORKER_LOG`` is set to the log's path.
@@ -72,11 +73,12 @@ class WorkerProcess:
         name: str,
         where: str,
         prefix: str,
+        support: Sequence[Path] = (),
         preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         self.where = where
         self.dir = Path(tempfile.mkdtemp(prefix=prefix))
-        for source in (script, _COMMON):
+        for source in (script, _COMMON, *support):
             shutil.copy2(source, self.dir / source.name)
         self.log_path = self.dir / "worker.log"
         self.hello: dict[str, Any] = {}

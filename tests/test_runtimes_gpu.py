@@ -104,11 +104,18 @@ def test_info_names_the_vulkan_adapter(models: dict[str, Path]) -> None:
     gpu.load(models["float"])
     info = gpu.info()
     assert (info.runtime, info.provider) == ("litert", "gpu (webgpu/vulkan)")
-    assert info.details["precision"] == "fp16" and info.details["fully_accelerated"] is True
+    assert info.details["precision_requested"] == "fp16" and info.details["fully_accelerated"] is True
+    # what ran: fp16 only where the device offers WebGPU shader-f16 (read from Vulkan)
+    f16 = info.details["shader_f16"]
+    assert f16 in (True, False)
+    assert info.details["precision"] == (
+        "fp16" if f16 else "fp32 (fp16 requested; the device has no shader-f16)"
+    )
     assert info.details["device"] not in ("", "unknown")
     assert info.details["device_kind"] in ("software", "hardware")
     if info.details["device_kind"] == "software":
         assert "SwiftShader" in info.details["device"]
+        assert f16 is False  # SwiftShader: no shaderFloat16, and fp16 results equal fp32 ones
 
 
 def test_verify_reports_the_adapter(models: dict[str, Path], example: torch.Tensor) -> None:
@@ -189,3 +196,13 @@ def test_one_report_over_both_gpu_adapters_names_the_device(tmp_path: Path) -> N
     # the int8 QDQ ONNX graph has no WebGPU kernels: a failed target naming the ops, not a CPU run
     failed = bitnet_export.verify(model, example, static_onnx, targets=["ort-webgpu"])
     assert not failed.passed and "QuantizeLinear" in (failed.results[0].error or "")
+
+
+def test_reported_precision_is_what_ran(models: dict[str, Path], example: torch.Tensor) -> None:
+    """fp16 asked: the outputs differ from fp32 exactly when the device has shader-f16."""
+    fp16 = make_adapter("litert-gpu-fp16")
+    fp16.load(models["float"])
+    _, got16 = _pair(models["float"], example, "litert-gpu-fp16")
+    _, got32 = _pair(models["float"], example, "litert-gpu")
+    f16 = fp16.info().details["shader_f16"]
+    assert np.array_equal(got16, got32) is (not f16), (f16, np.abs(got16 - got32).max())

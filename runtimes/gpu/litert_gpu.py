@@ -12,6 +12,11 @@ system's drivers when a GPU device node exists, else SwiftShader from
 ``python -m runtimes.gpu.vulkan build`` when built. The ICD is fixed at the first GPU use in a
 process (LiteRT/Dawn keep the first Vulkan instance: a later ``VK_ICD_FILENAMES`` is ignored), so
 asking for another one afterwards is an error rather than a silent run on the first device.
+
+Precision: ``litert-gpu-fp16`` asks for fp16, which Dawn can only give on a device with WebGPU
+``shader-f16``; :meth:`LiteRtGpuAdapter.info` reports what ran (``precision``) next to what was
+asked (``precision_requested``), from the device's Vulkan features
+(:mod:`runtimes.gpu.vulkan_probe`). SwiftShader has none: its "fp16" runs are fp32 (tested).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 from ai_edge_litert.compiled_model import CompiledModel
@@ -33,6 +38,7 @@ from ai_edge_litert.options import GpuOptions, Options
 
 from runtimes._host import cpu_model, host_arch
 from runtimes.gpu.vulkan import ICD_ENV, has_hardware_gpu, have_loader, software_icd
+from runtimes.gpu.vulkan_probe import vulkan_devices
 from runtimes.litert_cpu import (
     KERNELS,
     LiteRtCompiledModelAdapter,
@@ -110,6 +116,8 @@ class _ProcessVulkan:
     icd: str | None = None
     source: str = ""
     adapter: dict[str, str] | None = field(default=None)
+    #: the Vulkan devices this ICD shows (:func:`runtimes.gpu.vulkan_probe.vulkan_devices`)
+    devices: list[dict[str, Any]] = field(default_factory=list)
 
 
 _PROCESS = _ProcessVulkan()
@@ -178,6 +186,7 @@ class LiteRtGpuAdapter(LiteRtCompiledModelAdapter):
         if icd is not None:
             os.environ[ICD_ENV] = icd
         _PROCESS.used, _PROCESS.icd, _PROCESS.source = True, icd, source
+        _PROCESS.devices = vulkan_devices()
         self._icd_used, self._icd_source = icd, source
 
     def _note_stderr(self, text: str) -> None:
@@ -273,6 +282,23 @@ class LiteRtGpuAdapter(LiteRtCompiledModelAdapter):
         self._first_run_done = True
         return result
 
+    def _shader_f16(self) -> bool | None:
+        """Whether the selected Vulkan device offers WebGPU ``shader-f16`` (None: not found)."""
+        name = (self._adapter or {}).get("name")
+        for dev in _PROCESS.devices:
+            if dev.get("name") == name:
+                return bool(dev.get("shader_f16"))
+        return None
+
+    def _precision(self) -> str:
+        """What the GPU computed in: fp16 needs the device's shader-f16 (else Dawn runs fp32)."""
+        if self.enforce_f32:
+            return "fp32"
+        f16 = self._shader_f16()
+        if f16 is None:
+            return "fp16 (requested; the device's shader-f16 support is unknown)"
+        return "fp16" if f16 else "fp32 (fp16 requested; the device has no shader-f16)"
+
     def info(self) -> RuntimeInfo:
         """What ran: LiteRT GPU accelerator, precision, the Vulkan adapter LiteRT selected."""
         self._require()
@@ -288,7 +314,9 @@ class LiteRtGpuAdapter(LiteRtCompiledModelAdapter):
             details={
                 "api": "CompiledModel",
                 "accelerator": "GPU",
-                "precision": "fp32" if self.enforce_f32 else "fp16",
+                "precision": self._precision(),
+                "precision_requested": "fp32" if self.enforce_f32 else "fp16",
+                "shader_f16": self._shader_f16(),
                 "device": adapter.get("name", "unknown"),
                 "device_kind": _device_kind(self._adapter),
                 "adapter_type": adapter.get("type", "unknown"),

@@ -35,6 +35,7 @@ from runtimes.protocol import RuntimeAdapterError, RuntimeInfo
 __all__ = ["OrtWebGpuAdapter", "vulkan_environment"]
 
 _WORKER: Final = Path(__file__).with_name("ort_webgpu_worker.py")
+_PROBE: Final = Path(__file__).with_name("vulkan_probe.py")
 _ICD_VARS: Final = ("VK_ICD_FILENAMES", "VK_DRIVER_FILES")
 
 
@@ -107,6 +108,7 @@ class OrtWebGpuAdapter:
             name=self.name,
             where=f"onnxruntime-webgpu from {site}",
             prefix="bitnet-ort-webgpu-",
+            support=(_PROBE,),
         )
         self._worker = worker
         devices = worker.start(self.name, self.timeout_s).get("vulkan_devices", [])

@@ -3,7 +3,7 @@
 Runs with the host python and ``PYTHONPATH`` = the ``onnxruntime-webgpu`` site directory
 (:mod:`runtimes.gpu.ort_env`) first, so ``import onnxruntime`` is the WebGPU build. It imports
 neither ``bitnet_export`` nor ``runtimes`` (standard library, numpy, onnxruntime, and
-``worker_common``, copied beside it by the host).
+``worker_common`` and ``vulkan_probe``, copied beside it by the host).
 
 Protocol: :mod:`runtimes.worker_common`'s. Requests: ``load`` (``model``: one model at a time),
 ``run`` (``names``, ``inputs`` .npz, ``outputs`` .npz), ``exit``. Native logs go to stderr, which
@@ -13,73 +13,19 @@ placement messages from it to name the ops the WebGPU EP has no kernel for.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import sys
 from typing import Any
 
 import numpy as np
+from vulkan_probe import vulkan_devices
 from worker_common import RequestError, ort_inputs, read_feed, serve, write_outputs
 
 PROVIDER = "WebGpuExecutionProvider"
 _NO_KERNEL = re.compile(r"webgpu kernel not found in registries for Op type: (\S+) node name: (\S*)")
 #: Integer ops of bitnet_export's default ONNX lowering that the WebGPU EP cannot run.
 _INTEGER_OPS = frozenset({"QuantizeLinear", "MatMulInteger", "DequantizeLinear", "Max", "Round"})
-_VK_TYPES = {0: "other", 1: "integrated-gpu", 2: "discrete-gpu", 3: "virtual-gpu", 4: "cpu"}
-
-
-def vulkan_devices() -> list[dict[str, Any]]:
-    """The Vulkan physical devices the loader shows with this environment (best effort).
-
-    Dawn picks among these; ORT does not report which adapter it took.
-    """
-    try:
-        vk = ctypes.CDLL("libvulkan.so.1")
-    except OSError as exc:
-        return [{"error": f"no Vulkan loader: {exc}"}]
-
-    class CreateInfo(ctypes.Structure):
-        _fields_ = [
-            ("sType", ctypes.c_int32),
-            ("pNext", ctypes.c_void_p),
-            ("flags", ctypes.c_uint32),
-            ("pApplicationInfo", ctypes.c_void_p),
-            ("enabledLayerCount", ctypes.c_uint32),
-            ("ppEnabledLayerNames", ctypes.c_void_p),
-            ("enabledExtensionCount", ctypes.c_uint32),
-            ("ppEnabledExtensionNames", ctypes.c_void_p),
-        ]
-
-    info = CreateInfo(sType=1)  # VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO
-    instance = ctypes.c_void_p()
-    rc = vk.vkCreateInstance(ctypes.byref(info), None, ctypes.byref(instance))
-    if rc != 0:
-        return [{"error": f"vkCreateInstance returned {rc}"}]
-    try:
-        count = ctypes.c_uint32(0)
-        vk.vkEnumeratePhysicalDevices(instance, ctypes.byref(count), None)
-        devices = (ctypes.c_void_p * count.value)()
-        vk.vkEnumeratePhysicalDevices(instance, ctypes.byref(count), devices)
-        out = []
-        for dev in devices[: count.value]:
-            buf = ctypes.create_string_buffer(8192)  # VkPhysicalDeviceProperties is ~824 bytes
-            vk.vkGetPhysicalDeviceProperties(ctypes.c_void_p(dev), buf)
-            api, drv, vendor, device, kind = np.frombuffer(buf.raw[:20], dtype=np.uint32).tolist()
-            name = buf.raw[20:276].split(b"\0", 1)[0].decode(errors="replace")
-            out.append(
-                {
-                    "name": name,
-                    "type": _VK_TYPES.get(kind, str(kind)),
-                    "vendor_id": f"0x{vendor:04x}",
-                    "device_id": f"0x{device:04x}",
-                    "api_version": f"{api >> 22}.{(api >> 12) & 0x3FF}.{api & 0xFFF}",
-                    "driver_version": drv,
-                }
-            )
-        return out
-    finally:
-        vk.vkDestroyInstance(instance, None)
 
 
 def _log_size() -> int:
