@@ -95,17 +95,21 @@ class _Emitter:
         return node.outputs[0]
 
 
+def _weight_codes(em: _Emitter, p: LayerQuantParams, storage: str) -> ir.Value:
+    """The transposed weight codes ``[K, N]`` as the ``weight_q`` initializer, in ``storage``."""
+    check_storage(p, storage)
+    np_dtype, ir_dtype = _STORAGE_DTYPE[storage]
+    w_t = np.ascontiguousarray(p.weight.values.T).astype(np_dtype)
+    return em.const("weight_q", w_t, None if storage == "int8" else ir_dtype)
+
+
 def _weight_int8(em: _Emitter, p: LayerQuantParams, storage: str) -> ir.Value:
     """The transposed weight ``[K, N]`` as an int8 value, stored as ``storage``."""
-    check_storage(p, storage)
-    codes = p.weight.values
-    np_dtype, ir_dtype = _STORAGE_DTYPE[storage]
-    w_t = np.ascontiguousarray(codes.T).astype(np_dtype)
+    codes = _weight_codes(em, p, storage)
     if storage == "int8":
-        return em.const("weight_q", w_t)
-    packed = em.const("weight_q", w_t, ir_dtype)
+        return codes
     # Cast(INTk -> INT8) of an initializer: folded by ORT at load time (file stays packed).
-    return em.op("Cast", [packed], out="weight_int8", to=ir.DataType.INT8)
+    return em.op("Cast", [codes], out="weight_int8", to=ir.DataType.INT8)
 
 
 def _weight_codes_float(em: _Emitter, p: LayerQuantParams, storage: str) -> ir.Value:
@@ -114,11 +118,7 @@ def _weight_codes_float(em: _Emitter, p: LayerQuantParams, storage: str) -> ir.V
     ``Cast(packed codes -> FLOAT)`` of an initializer: ORT folds it at session start (a
     ``DequantizeLinear`` would not be folded, and has no INT2 WebGPU kernel).
     """
-    check_storage(p, storage)
-    np_dtype, ir_dtype = _STORAGE_DTYPE[storage]
-    w_t = np.ascontiguousarray(p.weight.values.T).astype(np_dtype)
-    packed = em.const("weight_q", w_t, None if storage == "int8" else ir_dtype)
-    return em.op("Cast", [packed], out="WeightToFloat", to=ir.DataType.FLOAT)
+    return em.op("Cast", [_weight_codes(em, p, storage)], out="WeightToFloat", to=ir.DataType.FLOAT)
 
 
 def _round_half_even(em: _Emitter, v: ir.Value) -> ir.Value:
