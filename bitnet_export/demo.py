@@ -2,7 +2,9 @@
 
 train (float and BitNet-ternary QAT) -> export ONNX and TFLite in every weight mode -> verify
 each file on every runtime that can run it (ONNX Runtime; LiteRT builtin/reference/XNNPACK)
-against PyTorch on the test split -> summary table and JSON reports.
+against PyTorch on the test split -> summary table and JSON reports. Where a Vulkan device and
+the ``ort-webgpu`` environment exist (``make gpu-env``: SwiftShader, or a real GPU), two more
+files run on the GPU adapters (``ort-webgpu``, ``litert-gpu``); otherwise the demo says why not.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from runtimes import make_adapter
 
 __all__ = ["DemoRow", "run_demo"]
 
-#: (label, activation mode, weight storage) exported by the demo.
+#: (label, format, activation mode, weight storage) exported by the demo.
 MODES = (
     ("ONNX int8 weights, per-token acts", "onnx", "dynamic", "int8"),
     ("ONNX int4 weights, per-token acts", "onnx", "dynamic", "int4"),
@@ -33,6 +35,22 @@ MODES = (
     ("TFLite hybrid int2 (per-token)", "tflite", "dynamic", "int2"),
     ("TFLite full-integer int8", "tflite", "static", "int8"),
 )
+#: (label, format, activation mode, weight storage, GPU target): ONNX with kernels="float".
+GPU_MODES = (
+    ("GPU: ONNX int2 float kernels (WebGPU)", "onnx", "dynamic", "int2", "ort-webgpu"),
+    ("GPU: TFLite full-integer int8", "tflite", "static", "int8", "litert-gpu"),
+)
+
+
+def _gpu_unavailable() -> str | None:
+    """Why the GPU rows cannot run here, or None."""
+    from runtimes.gpu.ort_env import BUILD_COMMAND, find_site
+    from runtimes.gpu.vulkan import unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is None and find_site() is None:
+        reason = f"the onnxruntime-webgpu environment is not built ({BUILD_COMMAND})"
+    return reason
 
 
 @dataclass(frozen=True)
@@ -67,26 +85,36 @@ def run_demo(out_dir: Path = Path("out/demo"), epochs: int = 60, seed: int = 0) 
     print(f"          float MLP test accuracy {accs['float'] * 100:.2f}%")
     print(f"          BitNet ternary MLP      {accs['bitnet'] * 100:.2f}%")
 
-    print(f"step 2/3  export ({len(MODES)} files) and verify each on its runtimes vs PyTorch")
+    gpu_reason = _gpu_unavailable()
+    cases = [(*m, None) for m in MODES] + ([] if gpu_reason else list(GPU_MODES))
+    print(f"step 2/3  export ({len(cases)} files) and verify each on its runtimes vs PyTorch")
     rows = []
-    for label, fmt, mode, weights in MODES:
+    for label, fmt, mode, weights, gpu in cases:
         model = copy.deepcopy(models["bitnet"])
         if mode == "static":
             configure_model(model, activation_mode="static")
             calibrate(model, [data.x_train])
-        tag = f"digits_{mode}_{weights}"
-        export = export_onnx if fmt == "onnx" else export_tflite
-        res = export(model, data.x_test[:1], out_dir / f"{tag}.{fmt}", weights=weights)
-        report = verify(model, data.x_test[:1], res.path, inputs=data.x_test)
+        tag = f"digits_{mode}_{weights}" + ("_gpu" if gpu else "")
+        path = out_dir / f"{tag}.{fmt}"
+        if fmt == "onnx":
+            res = export_onnx(
+                model, data.x_test[:1], path, weights=weights, kernels="float" if gpu else "integer"
+            )
+        else:  # LiteRT's GPU accelerator runs the batch it compiled: the test split's
+            res = export_tflite(model, data.x_test if gpu else data.x_test[:1], path, weights=weights)
+        targets = [gpu] if gpu else default_targets(res.path)
+        report = verify(model, data.x_test[:1], res.path, targets, inputs=data.x_test)
         report.to_json(out_dir / f"{tag}.{fmt}.parity.json")
         print(report.format_table())
         worst = max((r.outputs[0].max_rel for r in report.results if r.outputs), default=float("nan"))
         top1 = min(((r.outputs[0].top1_agreement or 0.0) for r in report.results if r.outputs), default=0.0)
-        runtime = make_adapter(default_targets(res.path)[0])
+        runtime = make_adapter(targets[0])
         runtime.load(res.path)
         logits = runtime.run({res.input_names[0]: data.x_test.numpy()})[res.output_names[0]]
         rt_acc = float((torch.from_numpy(logits).argmax(-1) == data.y_test).float().mean())
         rows.append(DemoRow(label, res.path, res.size_bytes, worst, top1, rt_acc, report.passed))
+    if gpu_reason:
+        print(f"          GPU rows skipped: {gpu_reason}")
 
     print("step 3/3  summary")
     header = f"{'file':<40} {'size':>9} {'max rel err':>11} {'top-1 agr':>9} {'rt acc':>8}  result"

@@ -206,3 +206,14 @@ def test_reported_precision_is_what_ran(models: dict[str, Path], example: torch.
     _, got32 = _pair(models["float"], example, "litert-gpu")
     f16 = fp16.info().details["shader_f16"]
     assert np.array_equal(got16, got32) is (not f16), (f16, np.abs(got16 - got32).max())
+
+
+def test_other_batch_than_compiled_is_a_clear_error(models: dict[str, Path], example: torch.Tensor) -> None:
+    """LiteRT's GPU accelerator cannot resize (it would hand ops to CPU kernels): say so, run nothing."""
+    gpu = make_adapter("litert-gpu")
+    gpu.load(models["int8"])  # exported with a batch of 16
+    name = gpu.input_specs()[0][0]  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeAdapterError, match=r"shape \[5, 32\].*shape \[16, 32\].*Run batches of 16"):
+        gpu.run({name: example[:5].numpy()})
+    (out,) = gpu.run({name: example.numpy()}).values()  # the compiled batch still runs
+    assert out.shape == (16, 10)

@@ -266,8 +266,23 @@ class LiteRtGpuAdapter(LiteRtCompiledModelAdapter):
         """Run once (the first run's stderr is captured too: kernels compile there).
 
         Raises:
-            RuntimeAdapterError: wrong input names, dtypes or shapes; a LiteRT/GPU failure.
+            RuntimeAdapterError: wrong input names, dtypes or shapes; an input shape other than
+                the compiled one (see below); a LiteRT/GPU failure.
         """
+        self._require()
+        if not self.allow_partial:
+            # LiteRT's GPU accelerator compiles fixed shapes: after resize_input_tensor it reports
+            # is_fully_accelerated() False (measured on every batch change), i.e. CPU kernels.
+            for spec in self._inputs:
+                want, arr = self._shapes.get(spec.name), inputs.get(spec.name)
+                if want is not None and arr is not None and tuple(np.shape(arr)) != want:
+                    raise RuntimeAdapterError(
+                        f"{self.name}: input {spec.name!r} has shape {list(np.shape(arr))}, but "
+                        f"{self._path} runs on the GPU with shape {list(want)}: LiteRT's GPU "
+                        "accelerator runs the shapes it compiled (a resized graph would leave ops to "
+                        f"CPU kernels). Run batches of {want[0] if want else 1}, or export with "
+                        "example inputs of the batch you run"
+                    )
         if self._first_run_done:
             return super().run(inputs)
         cap = _Captured()
