@@ -36,6 +36,7 @@ __all__ = ["OrtWebGpuAdapter", "vulkan_environment"]
 
 _WORKER: Final = Path(__file__).with_name("ort_webgpu_worker.py")
 _PROBE: Final = Path(__file__).with_name("vulkan_probe.py")
+_DEVICE_RANK: Final = {"discrete-gpu": 0, "integrated-gpu": 1, "virtual-gpu": 2, "cpu": 3}
 _ICD_VARS: Final = ("VK_ICD_FILENAMES", "VK_DRIVER_FILES")
 
 
@@ -179,7 +180,12 @@ class OrtWebGpuAdapter:
         """What ran: ORT version, provider, the Vulkan device and whether it is software."""
         self._require()
         hello = self._worker.hello if self._worker is not None else {}
-        devices = [d for d in hello.get("vulkan_devices", []) if "name" in d]
+        # ORT does not say which adapter Dawn took; the EP asks for a high-performance one, so
+        # the first device by type (discrete, integrated, virtual, then software) is named
+        devices = sorted(
+            (d for d in hello.get("vulkan_devices", []) if "name" in d),
+            key=lambda d: _DEVICE_RANK.get(str(d.get("type")), len(_DEVICE_RANK)),
+        )
         software = self._icd_source == "software" or (bool(devices) and devices[0].get("type") == "cpu")
         return RuntimeInfo(
             runtime=str(self._info.get("runtime", "onnxruntime-webgpu")),
