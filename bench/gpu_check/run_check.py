@@ -71,6 +71,7 @@ def main(models: Path, out_dir: Path | None, repeats: int = 20) -> int:
                 details = info.get("details", {})
                 row["adapter"] = details.get("device") or info.get("provider")
                 row["device"] = details.get("device_kind")
+                row["precision"] = str(details.get("precision", "fp32")).split(" ")[0]
                 row["vs_pytorch"] = _metrics(data["reference"], gpu["output"], case["output_scale"])
                 if "output" in cpu:
                     row["vs_cpu"] = _metrics(cpu["output"], gpu["output"], case["output_scale"])
@@ -79,7 +80,7 @@ def main(models: Path, out_dir: Path | None, repeats: int = 20) -> int:
                 row["runtime"] = info
             rows.append(row)
     print(
-        f"{'file':<44} {'target':<16} {'adapter':<24} {'rel vs torch':>12} {'LSB':>6} "
+        f"{'file':<44} {'target':<16} {'adapter':<24} {'prec':<4} {'rel vs torch':>12} {'LSB':>6} "
         f"{'rel vs cpu':>11} {'LSB':>6} {'gpu ms':>8} {'cpu ms':>8}"
     )
     for r in rows:
@@ -92,7 +93,8 @@ def main(models: Path, out_dir: Path | None, repeats: int = 20) -> int:
             return "-" if m.get("lsb") is None else f"{m['lsb']:.2f}"
 
         print(
-            f"{r['file']:<44} {r['target']:<16} {str(r['adapter'])[:24]:<24} {vt['max_rel']:>12.2e} "
+            f"{r['file']:<44} {r['target']:<16} {str(r['adapter'])[:24]:<24} {r['precision']:<4} "
+            f"{vt['max_rel']:>12.2e} "
             f"{lsb(vt):>6} {vc.get('max_rel', float('nan')):>11.2e} {lsb(vc):>6} "
             f"{r['gpu_ms']:>8.3f} {r.get('cpu_ms', float('nan')):>8.3f}"
         )
