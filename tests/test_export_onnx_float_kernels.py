@@ -135,3 +135,31 @@ def test_unknown_kernels_is_an_error(tmp_path):
     with pytest.raises(ExportError, match=r"kernels='fp16'; choose one of integer, float"):
         export_onnx(model, example, tmp_path / "m.onnx", kernels="fp16")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"activation_mode": "dynamic", "activation_bits": 4},
+        {"activation_mode": "static", "activation_bits": 4},
+        {"activation_mode": "static", "symmetric": True},
+        {"activation_mode": "dynamic", "granularity": "per_channel"},
+        {"activation_mode": "static", "granularity": "per_tensor"},
+    ],
+    ids=["dyn-a4", "static-a4", "static-sym", "dyn-per-channel", "static-per-tensor"],
+)
+def test_configuration_corners_match_the_integer_lowering(tmp_path, options):
+    """Sub-8-bit activations, symmetric ranges, per-channel/per-tensor scales, biases: same bits."""
+    torch.manual_seed(5)
+    model = mlp([24, 48, 12], precision=4, bias=True)
+    bx.configure_model(model, **options)
+    if options["activation_mode"] == "static":
+        bx.calibrate(model, [torch.randn(64, 24)])
+    model.eval()
+    x = torch.randn(32, 24) * 2  # beyond the calibrated range: saturating codes too
+    flt = export_onnx(model, x[:2], tmp_path / "f.onnx", weights="int4", kernels="float")
+    itg = export_onnx(model, x[:2], tmp_path / "i.onnx", weights="int4")
+    y_float = _run(flt.path, x.numpy())
+    np.testing.assert_array_equal(y_float, _run(itg.path, x.numpy()))
+    with torch.no_grad():
+        np.testing.assert_array_equal(y_float, model(x).numpy())

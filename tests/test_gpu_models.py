@@ -23,7 +23,7 @@ from torch import nn
 
 import bitnet_export as bx
 from bitnet_export.zoo.digits import DigitsMLP, load_digits, train
-from bitnet_export.zoo.models import BitNetModel, MixedBlock
+from bitnet_export.zoo.models import BitNetModel, MixedBlock, mlp
 from runtimes import make_adapter
 from runtimes.gpu.ort_env import BUILD_COMMAND, find_site
 from runtimes.gpu.vulkan import unavailable_reason
@@ -141,3 +141,27 @@ def test_cli_verify_on_both_gpu_targets(tmp_path: Path, capsys: pytest.CaptureFi
     ]
     devices = {r["runtime"]["details"]["device"] for r in data["results"]}
     assert len(devices) == 1 and f"device {devices.pop()}" in out  # e.g. SwiftShader Device (Subzero)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"activation_mode": "dynamic", "activation_bits": 4, "granularity": "per_channel"},
+        {"activation_mode": "static", "activation_bits": 4},
+        {"activation_mode": "static", "symmetric": True, "granularity": "per_tensor"},
+    ],
+    ids=["dyn-a4-per-channel", "static-a4", "static-sym-per-tensor"],
+)
+def test_float_kernels_corners_on_webgpu(tmp_path: Path, gpus, options: dict[str, object]) -> None:  # type: ignore[no-untyped-def]
+    """Sub-8-bit activations, symmetric ranges, per-channel scales, biases: on the GPU too."""
+    torch.manual_seed(5)
+    model = mlp([24, 48, 12], precision=4, bias=True)
+    bx.configure_model(model, **options)
+    if options["activation_mode"] == "static":
+        bx.calibrate(model, [torch.randn(64, 24)])
+    x = torch.randn(32, 24) * 2
+    path = bx.export_onnx(model.eval(), x[:2], tmp_path / "m.onnx", weights="int4", kernels="float").path
+    report = bx.verify(model, x[:2], path, targets=gpus[:1], inputs=x)
+    assert report.passed, report.format_table()
+    _, vs_cpu = report.results
+    assert vs_cpu.target == "ort-webgpu vs cpu" and vs_cpu.outputs[0].max_rel <= 1e-2
