@@ -3,7 +3,7 @@
 Used where a runtime cannot live in this interpreter: the emulated aarch64 python
 (:mod:`runtimes.arm.adapter`) and the ``onnxruntime-webgpu`` build that shadows the CPU
 ``onnxruntime`` (:mod:`runtimes.gpu.ort_webgpu`). The worker script and
-:mod:`runtimes.worker_common` (its half of the protocol) are copied into a fresh directory, the
+:mod:`runtimes._worker_side` (its half of the protocol) are copied into a fresh directory, the
 worker's working directory; its stderr goes to ``worker.log`` there. The process gets its own
 process group, so a timeout or a crash kills qemu or Dawn threads with it, and every failure
 carries the tail of the log.
@@ -30,7 +30,7 @@ from runtimes.protocol import RuntimeAdapterError
 __all__ = ["WorkerProcess", "rc_text"]
 
 #: The worker's half of the protocol, copied next to every worker script.
-_COMMON: Final = Path(__file__).with_name("worker_common.py")
+_WORKER_SIDE: Final = Path(__file__).with_name("_worker_side.py")
 _LOG_TAIL: Final = 25
 
 
@@ -50,7 +50,7 @@ class WorkerProcess:
     """A started worker process and its directory.
 
     Args:
-        script: the worker script; copied (with ``worker_common.py``) into the directory.
+        script: the worker script; copied (with ``_worker_side.py``) into the directory.
         support: more modules the worker imports, copied beside it.
         command: builds the command line from the script's name in the directory (the worker
             runs with that directory as its working directory).
@@ -78,7 +78,7 @@ class WorkerProcess:
     ) -> None:
         self.where = where
         self.dir = Path(tempfile.mkdtemp(prefix=prefix))
-        for source in (script, _COMMON, *support):
+        for source in (script, _WORKER_SIDE, *support):
             shutil.copy2(source, self.dir / source.name)
         self.log_path = self.dir / "worker.log"
         self.hello: dict[str, Any] = {}

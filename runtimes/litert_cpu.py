@@ -37,8 +37,8 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 from ai_edge_litert.options import CpuOptions, Options
 
 from runtimes._host import cpu_model, host_arch
+from runtimes._worker_side import delegate_placement
 from runtimes.protocol import RuntimeAdapterError, RuntimeInfo
-from runtimes.worker_common import delegate_placement
 
 __all__ = ["KERNELS", "LiteRtCompiledModelAdapter", "LiteRtInterpreterAdapter", "litert_version"]
 
@@ -191,7 +191,7 @@ class _Placement:
 
 
 def _placement(nodes: Sequence[Mapping[str, Any]]) -> _Placement:
-    """Attribute model ops to DELEGATE nodes (:func:`runtimes.worker_common.delegate_placement`)."""
+    """Attribute model ops to DELEGATE nodes (:func:`runtimes._worker_side.delegate_placement`)."""
     found = delegate_placement(nodes)
     return _Placement(
         ops=tuple(found["ops"]),

@@ -1,9 +1,9 @@
 """Guest side of the aarch64 targets: run by the *emulated* python, never imported on the host.
 
 It may import only the standard library, numpy, onnxruntime, ai_edge_litert and
-``worker_common`` (copied beside it by the host; the guest has no torch, no bitnet_export, no
+``_worker_side`` (copied beside it by the host; the guest has no torch, no bitnet_export, no
 ``runtimes`` package). One process serves many requests, because each emulated start costs ~2 s
-(python plus imports). The protocol is :mod:`runtimes.worker_common`'s. All file names in
+(python plus imports). The protocol is :mod:`runtimes._worker_side`'s. All file names in
 requests are relative to the working directory: qemu looks absolute paths up in the root
 filesystem first.
 
@@ -31,7 +31,7 @@ import sys
 from typing import Any
 
 import numpy as np
-from worker_common import RequestError, delegate_placement, ort_inputs, read_feed, serve, write_outputs
+from _worker_side import RequestError, delegate_placement, ort_inputs, read_feed, serve, write_outputs
 
 _SIGNATURE_KEY = "serving_default"
 _ORT_LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC"}

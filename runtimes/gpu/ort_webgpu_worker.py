@@ -3,9 +3,9 @@
 Runs with the host python and ``PYTHONPATH`` = the ``onnxruntime-webgpu`` site directory
 (:mod:`runtimes.gpu.ort_env`) first, so ``import onnxruntime`` is the WebGPU build. It imports
 neither ``bitnet_export`` nor ``runtimes`` (standard library, numpy, onnxruntime, and
-``worker_common`` and ``vulkan_probe``, copied beside it by the host).
+``_worker_side`` and ``vulkan_probe``, copied beside it by the host).
 
-Protocol: :mod:`runtimes.worker_common`'s. Requests: ``load`` (``model``: one model at a time),
+Protocol: :mod:`runtimes._worker_side`'s. Requests: ``load`` (``model``: one model at a time),
 ``run`` (``names``, ``inputs`` .npz, ``outputs`` .npz), ``exit``. Native logs go to stderr, which
 the host points at a log file named in ``BITNET_WORKER_LOG``; the worker reads back ORT's
 placement messages from it to name the ops the WebGPU EP has no kernel for.
@@ -19,8 +19,8 @@ import sys
 from typing import Any
 
 import numpy as np
+from _worker_side import RequestError, ort_inputs, read_feed, serve, write_outputs
 from vulkan_probe import vulkan_devices
-from worker_common import RequestError, ort_inputs, read_feed, serve, write_outputs
 
 PROVIDER = "WebGpuExecutionProvider"
 _NO_KERNEL = re.compile(r"webgpu kernel not found in registries for Op type: (\S+) node name: (\S*)")

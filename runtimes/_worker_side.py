@@ -3,7 +3,7 @@
 Runs inside the worker (the emulated aarch64 python, or the host python with the
 ``onnxruntime-webgpu`` site first): standard library and numpy only, and never imported as part
 of the ``runtimes`` package there. The host copies it next to the worker script, which imports it
-as the top-level module ``worker_common``; host code may import it as ``runtimes.worker_common``
+as the top-level module ``_worker_side``; host code may import it as ``runtimes._worker_side``
 (the LiteRT adapters share :func:`delegate_placement` with the aarch64 worker).
 
 Protocol: one JSON object per line on stdin; one JSON reply per line on the original stdout.
