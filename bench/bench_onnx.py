@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 import bitnet_export
+from bitnet_export._io import atomic_write_text
 from bitnet_export.api import export_onnx
 from bitnet_export.layers.bitnet import BitNetLayer
 from bitnet_export.zoo.digits import IN_FEATURES, DigitsMLP
@@ -294,18 +295,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` atomically: a temporary file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` atomically (:func:`bitnet_export._io.atomic_write_text`)."""
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _cpu_seconds() -> tuple[float, float] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 
 import numpy as np
 import pytest
@@ -350,3 +351,19 @@ def test_weights_after_the_flatbuffer(tmp_path, mode):
         np.testing.assert_array_equal(
             next(iter(a.run({"x": x}).values())), next(iter(b.run({"x": x}).values()))
         )
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    """Atomic writes go through an owner-only temporary file; the result must not stay 0600."""
+    torch.manual_seed(0)
+    model = mlp([16, 8])
+    x = torch.randn(4, 16)
+    old = os.umask(0o022)
+    try:
+        res = bx.export_tflite(model, x, tmp_path / "m.tflite")
+        report = bx.verify(model, x, res.path, targets=["litert-reference"])
+        report.to_json(tmp_path / "r.json")
+    finally:
+        os.umask(old)
+    assert (res.path.stat().st_mode & 0o777) == 0o644
+    assert ((tmp_path / "r.json").stat().st_mode & 0o777) == 0o644

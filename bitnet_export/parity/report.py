@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from bitnet_export._io import atomic_write_text
 from bitnet_export.parity.metrics import OutputMetrics, json_float
 
 __all__ = ["ParityReport", "TargetResult", "Tolerance"]
@@ -209,15 +208,7 @@ class ParityReport:
         """
         text = json.dumps(self.as_dict(), indent=2, allow_nan=False)
         if path is not None:
-            path = Path(path)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    f.write(text)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write_text(Path(path), text)
         return text
 
     def format_table(self) -> str:
