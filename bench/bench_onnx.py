@@ -318,25 +318,73 @@ def _quiet_export_logs() -> None:
     warnings.filterwarnings("ignore")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; returns 0 (missed targets are reported, not failed)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+@dataclass(frozen=True)
+class RunSettings:
+    """What both benchmarks take from the command line."""
+
+    quick: bool
+    json: Path
+    repeats: int
+    warmup: int
+    width: int
+
+
+def _parse_run(
+    parser: argparse.ArgumentParser, argv: list[str] | None, default_json: Path
+) -> tuple[argparse.Namespace, RunSettings]:
+    """Add ``--quick/--json/--repeats`` to ``parser``, parse ``argv``, derive repeats/warm-up/width."""
     parser.add_argument("--quick", action="store_true", help="width 512 and fewer repeats (smoke run)")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"result file ({DEFAULT_JSON})")
+    parser.add_argument("--json", type=Path, default=default_json, help=f"result file ({default_json})")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 100, quick 10)")
-    parser.add_argument("--no-kernels", action="store_true", help="skip listing ORT's optimized op types")
     args = parser.parse_args(argv)
     repeats = args.repeats if args.repeats is not None else (10 if args.quick else 100)
     if repeats < 1:
         parser.error("--repeats must be >= 1")
-    warmup = 2 if args.quick else 5
     width = 512 if args.quick else TARGET_WIDTH
-    _quiet_export_logs()
-    start = time.perf_counter()
-    cpu_start = _cpu_seconds()
+    return args, RunSettings(args.quick, args.json, repeats, 2 if args.quick else 5, width)
 
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - start:6.1f}s] {msg}", flush=True)
+
+class _Clock:
+    """Wall time since start, a timestamped log, and the cores other processes kept busy."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self._cpu_start = _cpu_seconds()
+
+    def log(self, msg: str) -> None:
+        print(f"[{time.perf_counter() - self.start:6.1f}s] {msg}", flush=True)
+
+    def finish(self) -> tuple[float, float | None]:
+        """``(total seconds, foreign busy cores)``; the latter None off Linux."""
+        total = time.perf_counter() - self.start
+        end = _cpu_seconds()
+        if not (self._cpu_start and end):
+            return total, None
+        busy, own = end[0] - self._cpu_start[0], end[1] - self._cpu_start[1]
+        return total, max(0.0, busy - own) / total
+
+
+def _print_foreign(foreign: float | None) -> None:
+    """Say how busy the machine was; warn when it distorts the ratios."""
+    if foreign is None:
+        return
+    print(f"other processes kept {foreign:.2f} of {os.cpu_count()} cores busy during the run")
+    if foreign > 0.2:
+        print(
+            "WARNING: other processes competed for the cores; the ratios (batch 1 above all) "
+            "are unreliable: rerun on an idle machine"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns 0 (missed targets are reported, not failed)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--no-kernels", action="store_true", help="skip listing ORT's optimized op types")
+    args, run = _parse_run(parser, argv, DEFAULT_JSON)
+    repeats, warmup, width = run.repeats, run.warmup, run.width
+    _quiet_export_logs()
+    clock = _Clock()
+    log = clock.log
 
     models = [(_mlp(width), width), (_digits(), 10)]
     rows: list[dict[str, Any]] = []
@@ -348,14 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += model_rows
         kernels[bm.name] = ops
     checks = _check_targets(rows, width)
-    total = time.perf_counter() - start
-    cpu_end = _cpu_seconds()
-    # cores kept busy by other processes while this ran (they distort the ratios)
-    foreign = (
-        None
-        if not (cpu_start and cpu_end)
-        else (max(0.0, (cpu_end[0] - cpu_start[0]) - (cpu_end[1] - cpu_start[1])) / total)
-    )
+    total, foreign = clock.finish()  # foreign: cores other processes kept busy (distorts ratios)
 
     print()
     print(
@@ -376,20 +417,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {word} {c['mode']:<13} {c['metric']:<13} {c['value']:.4f} <= {c['limit']}")
     missed = sum(not c["passed"] for c in checks)
     print(f"{len(checks) - missed}/{len(checks)} targets met; total time {total:.1f} s")
-    if foreign is not None:
-        print(f"other processes kept {foreign:.2f} of {os.cpu_count()} cores busy during the run")
-        if foreign > 0.2:
-            print(
-                "WARNING: other processes competed for the cores; the ratios (batch 1 above all) "
-                "are unreliable: rerun on an idle machine"
-            )
+    _print_foreign(foreign)
 
     _write_json(
-        args.json,
+        run.json,
         {
             "benchmark": "bench_onnx",
             "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-            "quick": args.quick,
+            "quick": run.quick,
             "width": width,
             "repeats": repeats,
             "warmup": warmup,
@@ -403,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
             "total_seconds": total,
         },
     )
-    print(f"wrote {args.json}")
+    print(f"wrote {run.json}")
     return 0
 
 

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
-# The models, the JSON writer and the /proc/stat probe are bench_onnx's, so that both reports
+# The models, the run settings, the JSON writer and the busy-core meter are bench_onnx's, so that both reports
 # measure the same models the same way (bench/ is on sys.path when this file runs as a script).
 from bench_onnx import (
     CALIBRATION_BATCHES,
@@ -58,9 +58,11 @@ from bench_onnx import (
     TARGET_MODEL,
     TARGET_WIDTH,
     BenchModel,
-    _cpu_seconds,
+    _Clock,
     _digits,
     _mlp,
+    _parse_run,
+    _print_foreign,
     _quiet_export_logs,
     _write_json,
 )
@@ -345,21 +347,11 @@ def _table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns 0 (a missed target is reported, not failed)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="width 512 and fewer repeats (smoke run)")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"result file ({DEFAULT_JSON})")
-    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 100, quick 10)")
-    args = parser.parse_args(argv)
-    repeats = args.repeats if args.repeats is not None else (10 if args.quick else 100)
-    if repeats < 1:
-        parser.error("--repeats must be >= 1")
-    warmup = 2 if args.quick else 5
-    width = 512 if args.quick else TARGET_WIDTH
+    _, run = _parse_run(parser, argv, DEFAULT_JSON)
+    repeats, warmup, width = run.repeats, run.warmup, run.width
     _quiet_export_logs()
-    start = time.perf_counter()
-    cpu_start = _cpu_seconds()
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - start:6.1f}s] {msg}", flush=True)
+    clock = _Clock()
+    log = clock.log
 
     models = [(_mlp(width), width), (_digits(), 10)]
     rows: list[dict[str, Any]] = []
@@ -370,14 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += model_rows
         runtimes += model_runtimes
     checks = _check_target(rows, width)
-    total = time.perf_counter() - start
-    cpu_end = _cpu_seconds()
-    # cores kept busy by other processes while this ran (they distort the ratios)
-    foreign = (
-        None
-        if not (cpu_start and cpu_end)
-        else (max(0.0, (cpu_end[0] - cpu_start[0]) - (cpu_end[1] - cpu_start[1])) / total)
-    )
+    total, foreign = clock.finish()  # foreign: cores other processes kept busy (distorts ratios)
     info = runtimes[0]["runtime"]
 
     print()
@@ -403,20 +388,14 @@ def main(argv: list[str] | None = None) -> int:
     binding = [c for c in checks if not c["informational"]]
     missed = sum(not c["passed"] for c in binding)
     print(f"{len(binding) - missed}/{len(binding)} targets met; total time {total:.1f} s")
-    if foreign is not None:
-        print(f"other processes kept {foreign:.2f} of {os.cpu_count()} cores busy during the run")
-        if foreign > 0.2:
-            print(
-                "WARNING: other processes competed for the cores; the ratios (batch 1 above all) "
-                "are unreliable: rerun on an idle machine"
-            )
+    _print_foreign(foreign)
 
     _write_json(
-        args.json,
+        run.json,
         {
             "benchmark": "bench_tflite",
             "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-            "quick": args.quick,
+            "quick": run.quick,
             "width": width,
             "repeats": repeats,
             "warmup": warmup,
@@ -432,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             "total_seconds": total,
         },
     )
-    print(f"wrote {args.json}")
+    print(f"wrote {run.json}")
     return 0
 
 
