@@ -36,6 +36,7 @@ from ai_edge_litert.hardware_accelerator import HardwareAccelerator
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 from ai_edge_litert.options import CpuOptions, Options
 
+from runtimes._feed import InputSpec, check_feed
 from runtimes._host import cpu_model, host_arch
 from runtimes._worker_side import delegate_placement
 from runtimes.protocol import RuntimeAdapterError, RuntimeInfo
@@ -153,26 +154,8 @@ def _check_inputs(
     target: str, specs: Sequence[_IoSpec], inputs: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
     """Names, dtypes and shapes of ``inputs`` against the model; -1 dimensions are free."""
-    names = [s.name for s in specs]
-    if set(inputs) != set(names):
-        raise RuntimeAdapterError(
-            f"{target}: inputs {sorted(inputs)} do not match the model's inputs {names}"
-        )
-    feed = {}
-    for s in specs:
-        arr = np.asarray(inputs[s.name])
-        if arr.dtype != s.dtype:
-            raise RuntimeAdapterError(
-                f"{target}: input {s.name!r} has dtype {arr.dtype}, the model expects {s.dtype}"
-            )
-        sig = s.signature
-        if arr.ndim != len(sig) or any(d >= 0 and arr.shape[i] != d for i, d in enumerate(sig)):
-            raise RuntimeAdapterError(
-                f"{target}: input {s.name!r} has shape {list(arr.shape)}, the model expects "
-                f"{s.shape_spec()} (names are resizable dimensions)"
-            )
-        feed[s.name] = np.ascontiguousarray(arr)
-    return feed
+    wanted = [InputSpec(s.name, s.shape_spec(), s.dtype, str(s.dtype)) for s in specs]
+    return check_feed(target, wanted, inputs, free="resizable")
 
 
 def _require_threads(target: str, threads: int | None) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from runtimes._feed import InputSpec, check_feed
 from runtimes._host import cpu_model, host_arch
 from runtimes.protocol import RuntimeAdapterError, RuntimeInfo
 
@@ -101,28 +102,11 @@ class OrtCpuAdapter:
         return [o.name for o in self._require().get_outputs()]
 
     def _check_inputs(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        specs = self.input_specs()
-        names = [n for n, _, _ in specs]
-        if set(inputs) != set(names):
-            raise RuntimeAdapterError(
-                f"ort-cpu: inputs {sorted(inputs)} do not match the model's inputs {names}"
-            )
-        feed = {}
-        for name, shape, typ in specs:
-            arr = np.asarray(inputs[name])
-            want = _NP_TYPES.get(typ)
-            if want is not None and arr.dtype != want:
-                raise RuntimeAdapterError(
-                    f"ort-cpu: input {name!r} has dtype {arr.dtype}, the model expects {typ}"
-                )
-            fixed = [(i, d) for i, d in enumerate(shape) if isinstance(d, int)]
-            if arr.ndim != len(shape) or any(arr.shape[i] != d for i, d in fixed):
-                raise RuntimeAdapterError(
-                    f"ort-cpu: input {name!r} has shape {list(arr.shape)}, the model expects "
-                    f"{shape} (names are free dimensions)"
-                )
-            feed[name] = arr
-        return feed
+        specs = [
+            InputSpec(name, shape, None if typ not in _NP_TYPES else np.dtype(_NP_TYPES[typ]), typ)
+            for name, shape, typ in self.input_specs()
+        ]
+        return check_feed("ort-cpu", specs, inputs)
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once; returns outputs by name.

@@ -122,3 +122,17 @@ def test_timeout_kills_the_worker(onnx_files: dict[str, Path]) -> None:
         assert worker is not None and not worker.alive()  # the process group was killed
     finally:
         adapter.close()  # type: ignore[attr-defined]
+
+
+def test_wrong_inputs_are_named_before_the_gpu_runs(onnx_files: dict[str, Path], webgpu) -> None:  # type: ignore[no-untyped-def]
+    webgpu.load(onnx_files["float"])
+    with pytest.raises(
+        RuntimeAdapterError, match=r"'input' has shape \[5, 31\], the model expects \[.*, 32\]"
+    ):
+        webgpu.run({"input": np.zeros((5, 31), np.float32)})
+    with pytest.raises(
+        RuntimeAdapterError, match="'input' has dtype float64, the model expects tensor\\(float\\)"
+    ):
+        webgpu.run({"input": np.zeros((5, 32))})
+    with pytest.raises(RuntimeAdapterError, match="do not match the model's inputs"):
+        webgpu.run({"x": np.zeros((5, 32), np.float32)})

@@ -33,6 +33,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from runtimes._feed import check_feed, worker_input_specs
 from runtimes._worker import WorkerProcess
 from runtimes.arm import CPU_MODELS, RUNTIMES, target_name
 from runtimes.arm.env import BUILD_COMMAND, ArmEnv, env_dir, find_env
@@ -251,27 +252,7 @@ class Arm64Adapter:
         return list(self._outputs)
 
     def _check_inputs(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = [str(i["name"]) for i in self._inputs]
-        if set(inputs) != set(names):
-            raise RuntimeAdapterError(
-                f"{self.name}: inputs {sorted(inputs)} do not match the model's inputs {names}"
-            )
-        feed = {}
-        for spec in self._inputs:
-            name, shape = str(spec["name"]), list(spec["shape"])
-            arr = np.ascontiguousarray(inputs[name])
-            if spec.get("dtype") and arr.dtype != np.dtype(spec["dtype"]):
-                raise RuntimeAdapterError(
-                    f"{self.name}: input {name!r} has dtype {arr.dtype}, the model expects {spec['type']}"
-                )
-            fixed = [(i, d) for i, d in enumerate(shape) if isinstance(d, int) and d >= 0]
-            if arr.ndim != len(shape) or any(arr.shape[i] != d for i, d in fixed):
-                raise RuntimeAdapterError(
-                    f"{self.name}: input {name!r} has shape {list(arr.shape)}, the model expects "
-                    f"{shape} (names are free dimensions)"
-                )
-            feed[name] = arr
-        return feed
+        return check_feed(self.name, worker_input_specs(self._inputs), inputs)
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once in the emulated runtime; returns outputs by name.

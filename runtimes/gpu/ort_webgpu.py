@@ -26,6 +26,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from runtimes._feed import check_feed, worker_input_specs
 from runtimes._host import cpu_model, host_arch
 from runtimes._worker import WorkerProcess
 from runtimes.gpu.ort_env import BUILD_COMMAND, find_site
@@ -150,24 +151,13 @@ class OrtWebGpuAdapter:
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once on the WebGPU EP; returns outputs by name."""
-        loaded = self._require()
-        names = [i["name"] for i in loaded["inputs"]]
-        if set(inputs) != set(names):
-            raise RuntimeAdapterError(
-                f"ort-webgpu: inputs {sorted(inputs)} do not match the model's inputs {names}"
-            )
-        for spec in loaded["inputs"]:
-            arr = np.asarray(inputs[spec["name"]])
-            if spec["dtype"] is not None and arr.dtype != np.dtype(spec["dtype"]):
-                raise RuntimeAdapterError(
-                    f"ort-webgpu: input {spec['name']!r} has dtype {arr.dtype}, "
-                    f"the model expects {spec['type']}"
-                )
+        feed = check_feed(self.name, worker_input_specs(self._require()["inputs"]), inputs)
+        names = list(feed)
         if (self._worker is None or not self._worker.alive()) and self._path is not None:
             self.load(self._path)  # a dead worker (crash, timeout): reload the model first
         assert self._worker is not None
         in_path, out_path = self._worker.dir / "in.npz", self._worker.dir / "out.npz"
-        arrays: dict[str, Any] = {f"a{i}": np.asarray(inputs[n]) for i, n in enumerate(names)}
+        arrays: dict[str, Any] = {f"a{i}": feed[n] for i, n in enumerate(names)}
         np.savez(in_path, **arrays)
         reply = self._request(
             {"op": "run", "names": names, "inputs": str(in_path), "outputs": str(out_path)}, "running"
