@@ -394,9 +394,7 @@ class LiteRtCompiledModelAdapter(_SignatureIO):
         """
         self._model = None
         path = Path(path)
-        interp = _open_interpreter(self.name, path, KERNELS["builtin"], None)
-        _, ins, outs = _io_specs(self.name, path, interp)
-        del interp
+        io = self._interpreter_io(path)
         options = Options(
             hardware_accelerators=HardwareAccelerator.CPU,
             cpu_options=CpuOptions(num_threads=self.threads or 1, kernel_mode=CpuKernelMode.XNNPACK),
@@ -404,14 +402,33 @@ class LiteRtCompiledModelAdapter(_SignatureIO):
         try:
             model = CompiledModel.from_file(str(path), options=options)
             signatures = list(model.get_signature_list())
+            fully = bool(model.is_fully_accelerated())
         except (ValueError, RuntimeError) as exc:
             raise RuntimeAdapterError(f"{self.name}: cannot compile {path}: {str(exc).strip()}") from exc
+        self._adopt(model, path, signatures, io, fully)
+
+    def _interpreter_io(self, path: Path) -> tuple[list[_IoSpec], list[_IoSpec]]:
+        """Input/output specs read with an Interpreter (checks the file; CompiledModel reports
+        no shape signatures)."""
+        interp = _open_interpreter(self.name, path, KERNELS["builtin"], None)
+        _, ins, outs = _io_specs(self.name, path, interp)
+        return ins, outs
+
+    def _adopt(
+        self,
+        model: CompiledModel,
+        path: Path,
+        signatures: list[str],
+        io: tuple[list[_IoSpec], list[_IoSpec]],
+        fully: bool,
+    ) -> None:
+        """Keep a compiled model whose inputs match the interpreter's ``io`` specs; check placement."""
+        ins, outs = io
         # A model without a SignatureDef gets a "<placeholder signature>" with tensor names.
         key = _signature_key(self.name, path, signatures)
         if key is None:
             raise RuntimeAdapterError(f"{self.name}: LiteRT reports no signature for {path}")
         in_details = model.get_input_tensor_details(key)
-        fully = bool(model.is_fully_accelerated())
         if [s.name for s in ins] != list(in_details):
             raise RuntimeAdapterError(
                 f"{self.name}: CompiledModel names the inputs of {path} {list(in_details)}, the "

@@ -39,14 +39,7 @@ from ai_edge_litert.options import GpuOptions, Options
 from runtimes._host import cpu_model, host_arch
 from runtimes.gpu.vulkan import ICD_ENV, has_hardware_gpu, have_loader, software_icd
 from runtimes.gpu.vulkan_probe import vulkan_devices
-from runtimes.litert_cpu import (
-    KERNELS,
-    LiteRtCompiledModelAdapter,
-    _io_specs,
-    _open_interpreter,
-    _signature_key,
-    litert_version,
-)
+from runtimes.litert_cpu import LiteRtCompiledModelAdapter, litert_version
 from runtimes.protocol import RuntimeAdapterError, RuntimeInfo
 
 __all__ = ["LiteRtGpuAdapter", "parse_adapter"]
@@ -219,9 +212,7 @@ class LiteRtGpuAdapter(LiteRtCompiledModelAdapter):
         self._model = None
         self._stderr, self._first_run_done, self._adapter = "", False, None
         path = Path(path)
-        interp = _open_interpreter(self.name, path, KERNELS["builtin"], None)
-        _, ins, outs = _io_specs(self.name, path, interp)
-        del interp
+        io = self._interpreter_io(path)
         self._select_device()
         options = Options(
             hardware_accelerators=HardwareAccelerator.GPU,
@@ -238,20 +229,7 @@ class LiteRtGpuAdapter(LiteRtCompiledModelAdapter):
             self._note_stderr(cap.text)
             raise self._fail(f"cannot compile {path} for the GPU", exc) from exc
         self._note_stderr(cap.text)
-        key = _signature_key(self.name, path, signatures)
-        if key is None:
-            raise RuntimeAdapterError(f"{self.name}: LiteRT reports no signature for {path}")
-        in_details = model.get_input_tensor_details(key)
-        if [s.name for s in ins] != list(in_details):
-            raise RuntimeAdapterError(
-                f"{self.name}: CompiledModel names the inputs of {path} {list(in_details)}, the "
-                f"interpreter {[s.name for s in ins]}"
-            )
-        self._key, self._inputs, self._outputs = key, ins, outs
-        self._shapes = {n: tuple(int(d) for d in v["shape"]) for n, v in in_details.items()}
-        self._buffers = None
-        self._fully = self._verify(fully)
-        self._model = model
+        self._adopt(model, path, signatures, io, fully)
 
     def _verify(self, fully: bool) -> bool:
         """No silent fallback: a model not entirely on the GPU is an error unless allowed."""
