@@ -17,7 +17,9 @@ without integer kernels: ORT's WebGPU EP (1.27) has no ``QuantizeLinear``, ``Mat
 floats: rounding half to even is ``(v + 1.5 * 2^23) - 1.5 * 2^23`` (exact for ``|v| <= 2^22``), the
 weights are ``Cast(packed codes -> float)`` (folded by ORT at session start: the file stays
 packed, the device holds float32 weights), and ``MatMul`` of integer-valued float32 tensors is
-the exact integer accumulator while ``K * max|q_x| * max|q_w| < 2^24``.
+the exact integer accumulator while ``K * max|q_x| * max|q_w| < 2^24``. The graph needs float32
+arithmetic: an execution provider that computes it in fp16 (CoreML or TensorRT fp16 modes) breaks
+the rounding and the accumulator.
 """
 
 from __future__ import annotations
