@@ -43,6 +43,7 @@ class ExportResult:
         layers: one summary per BitNetLayer (module path, precision, mode, storage, bytes, ops).
         external_data: the external data file, if any.
         seconds: wall time of the export.
+        kernels: ONNX only: ``integer`` or ``float`` (see :func:`export_onnx`); ``""`` for TFLite.
     """
 
     path: Path
@@ -55,12 +56,14 @@ class ExportResult:
     layers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     external_data: Path | None = None
     seconds: float = 0.0
+    kernels: str = ""
 
     def summary(self) -> str:
         """A short human-readable summary."""
         lines = [
             f"wrote {self.path} ({self.size_bytes / 1e6:.3f} MB, {self.format}, weights={self.weights}, "
-            f"opset {self.opset}, {self.seconds:.1f} s)"
+            + (f"kernels={self.kernels}, " if self.kernels else "")
+            + f"opset {self.opset}, {self.seconds:.1f} s)"
         ]
         for layer in self.layers:
             lines.append(
@@ -177,6 +180,7 @@ def export_onnx(
         layers=tuple(layers),
         external_data=data,
         seconds=time.perf_counter() - t0,
+        kernels=kernels,
     )
 
 

@@ -101,7 +101,9 @@ def test_export_options_reach_the_file(specs, tmp_path, capsys):
 def test_export_float_kernels(specs, tmp_path, capsys):
     out = tmp_path / "webgpu.onnx"
     code = main(["export", specs["a"], "--weights", "int4", "--kernels", "float", "--out", str(out)])
-    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "weights=int4, kernels=float, opset 21" in printed.out
     info = inspect_onnx(out)
     ops = {op["op_type"] for op in info["ops"]}
     assert "MatMul" in ops and not ops & {"QuantizeLinear", "MatMulInteger", "Max"}, ops
