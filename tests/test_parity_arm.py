@@ -77,3 +77,19 @@ def test_digits_onnx_and_tflite_on_two_cores(tmp_path, digits, mode):
     for r in report.results:
         if r.target.endswith("vs x86") and mode == "static" and "litert-builtin" not in r.target:
             assert r.outputs[0].max_abs == 0.0  # integer paths: bit-exact with x86
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_float_kernel_onnx_is_bit_exact_on_arm(tmp_path, digits, mode):
+    """The kernels="float" file (written for WebGPU) on aarch64 ORT: same bits as x86 and PyTorch."""
+    import copy
+
+    trained, data = digits
+    model = copy.deepcopy(trained)
+    if mode == "static":
+        bx.configure_model(model, activation_mode="static")
+        bx.calibrate(model, [data.x_train])
+    path = bx.export_onnx(model, data.x_test[:1], tmp_path / "f.onnx", weights="int2", kernels="float").path
+    report = bx.verify(model, data.x_test[:1], path, targets=[f"{c}:ort" for c in CORES], inputs=data.x_test)
+    assert report.passed, report.format_table()
+    assert len(report.results) == 4 and all(r.outputs[0].max_abs == 0.0 for r in report.results)
