@@ -73,6 +73,22 @@ def capture_mode(model: nn.Module) -> Iterator[dict[str, LayerQuantParams]]:
             del layer._buffers["weight_scale"]
 
 
+#: Name prefixes of the assertion / range-constraint ops torch.export records (``.to(dtype)``
+#: becomes ``_assert_tensor_metadata``, a data-dependent size ``_assert_scalar`` and
+#: ``sym_constrain_range_for_size``). They compute nothing; torch.onnx drops them.
+_ASSERTION_PREFIXES = (
+    "_assert",
+    "_functional_assert",
+    "sym_constrain_range",
+    "_functional_sym_constrain_range",
+)
+
+
+def is_assertion(target: torch._ops.OpOverload) -> bool:
+    """Whether an aten op is one of torch.export's no-op checks (never an unsupported op)."""
+    return target.namespace == "aten" and target._opname.startswith(_ASSERTION_PREFIXES)
+
+
 def _find_cause(exc: BaseException) -> BaseException | None:
     """The first bitnet_export error or our own ValueError in an exception chain."""
     seen = set()
@@ -172,6 +188,8 @@ def capture(
             def supported(target: object) -> bool:
                 if target is custom or not isinstance(target, torch._ops.OpOverload):
                     return True  # python operators (getitem, sym ops) are handled by torch
+                if is_assertion(target):
+                    return True  # a no-op check torch.export records; torch.onnx drops it
                 return bool(registry.is_registered(target))  # type: ignore[attr-defined]
 
             check_ops(decomposed, supported, "onnx")

@@ -1,8 +1,18 @@
-"""State shared by the lowering functions while one hub graph becomes one TFLite subgraph."""
+"""State shared by the lowering functions while one hub graph becomes one TFLite subgraph.
+
+Values and layouts: every ONNX value is bound to a TFLite tensor. Most tensors hold the value
+in its ONNX layout; a layout-sensitive lowering (a convolution: ONNX NCHW, TFLite NHWC) may
+bind its output *transposed*, ``tflite = numpy.transpose(onnx, perm)``. Lowerings that do not
+care about layout (elementwise ops) keep the layout of their inputs; every other lowering asks
+:meth:`LoweringContext.tensor` for the ONNX layout, which emits one TRANSPOSE the first time
+and reuses it. Transposes therefore appear only where an NHWC region meets an op that needs
+the ONNX layout (at the region's edges), never around every op.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 import numpy as np
 import onnx_ir as ir
@@ -11,7 +21,55 @@ from bitnet_export.backends.tflite.flatbuffer import Quant, TflModelBuilder
 from bitnet_export.errors import ExportError, InternalError
 from bitnet_export.passes.name_nodes import module_path_of
 
-__all__ = ["Int8Alias", "LoweringContext"]
+__all__ = ["NCHW_TO_NHWC", "Int8Alias", "LoweringContext", "Perm", "inverse", "node_input", "tflite_dtype"]
+
+#: ``perm`` of a tensor stored transposed: ``tflite = numpy.transpose(onnx, perm)``.
+Perm = tuple[int, ...]
+#: The layout of 4-D convolution tensors in TFLite.
+NCHW_TO_NHWC: Final[Perm] = (0, 2, 3, 1)
+
+#: ONNX element types -> TFLite tensor types (float64 is narrowed to float32 at export).
+_DTYPES: Final = {
+    ir.DataType.FLOAT: "float32",
+    ir.DataType.DOUBLE: "float32",
+    ir.DataType.FLOAT16: "float16",
+    ir.DataType.INT64: "int64",
+    ir.DataType.INT32: "int32",
+    ir.DataType.INT16: "int16",
+    ir.DataType.INT8: "int8",
+    ir.DataType.UINT8: "uint8",
+    ir.DataType.BOOL: "bool",
+}
+
+
+def tflite_dtype(value: ir.Value) -> str:
+    """The TFLite tensor type of an ONNX value (``float32`` when the hub does not say)."""
+    if value.dtype is None:
+        return "float32"
+    dtype = _DTYPES.get(value.dtype)
+    if dtype is None:
+        raise ExportError(
+            f"tflite backend: value {value.name!r} has element type {value.dtype.name}, which "
+            "TFLite cannot hold; cast it to float32 or int32 in the model"
+        )
+    return dtype
+
+
+def node_input(node: ir.Node, i: int) -> ir.Value:
+    """Input ``i`` of ``node``; an absent one is an :class:`ExportError` naming the node."""
+    v = node.inputs[i] if i < len(node.inputs) else None
+    if v is None:
+        raise ExportError(f"tflite backend: {node.op_type} node {node.name!r} lacks input {i}")
+    return v
+
+
+def _is_identity(perm: Perm | None) -> bool:
+    return perm is None or tuple(perm) == tuple(range(len(perm)))
+
+
+def inverse(perm: Perm) -> Perm:
+    """The permutation that undoes ``perm``."""
+    return tuple(int(i) for i in np.argsort(perm))
 
 
 @dataclass(frozen=True)
@@ -25,25 +83,30 @@ class Int8Alias:
 
 @dataclass
 class LoweringContext:
-    """Maps ONNX IR values to TFLite tensors and resolves the batch dimension.
+    """Maps ONNX IR values to TFLite tensors (and their layouts); resolves symbolic dimensions.
 
     Attributes:
         builder: the TFLite model under construction.
         batch: the concrete batch size used for symbolic dimensions (their shape signature is -1).
         weights: weight storage (``int8``, ``int4``, ``int2``).
+        floats: value id -> tensor index, in the value's ONNX layout (any dtype).
+        transposed: value id -> (tensor index, perm) for values held in another layout.
+        int8: value id -> int8 alias (full-integer chains).
+        fused: nodes already emitted as part of another op (a ReLU fused into a FULLY_CONNECTED).
     """
 
     builder: TflModelBuilder
     batch: int
     weights: str
     floats: dict[int, int] = field(default_factory=dict)
+    transposed: dict[int, tuple[int, Perm]] = field(default_factory=dict)
     int8: dict[int, Int8Alias] = field(default_factory=dict)
-    #: nodes already emitted as part of another op (a ReLU fused into a FULLY_CONNECTED)
     fused: set[int] = field(default_factory=set)
+    _views: dict[tuple[int, Perm], int] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ shapes
     def shape(self, value: ir.Value) -> tuple[list[int], list[int]]:
-        """Concrete shape and shape signature (-1 for symbolic dims) of ``value``."""
+        """Concrete shape and shape signature (-1 for symbolic dims) of ``value`` (ONNX layout)."""
         if value.shape is None:
             raise ExportError(
                 f"tflite backend: value {value.name!r} has no known shape; TFLite needs static "
@@ -65,15 +128,53 @@ class LoweringContext:
         return f"{path}/{role}" if path else role
 
     # ------------------------------------------------------------------ tensors
-    def new_float(self, value: ir.Value, name: str | None = None) -> int:
-        """Create the float TFLite tensor of ``value`` and bind it."""
+    def new_tensor(
+        self,
+        value: ir.Value,
+        name: str | None = None,
+        perm: Perm | None = None,
+        dtype: str | None = None,
+    ) -> int:
+        """Create the TFLite tensor of ``value`` (stored transposed by ``perm``) and bind it."""
         dims, sig = self.shape(value)
+        if not _is_identity(perm):
+            assert perm is not None
+            dims, sig = [dims[i] for i in perm], [sig[i] for i in perm]
         if name is None:  # "<module>/<Op>:0" after the producing node (named by passes.name_nodes)
             producer = value.producer()
             name = f"{producer.name}:{value.index()}" if producer is not None else str(value.name)
-        idx = self.builder.add_tensor(name, dims, "float32", shape_signature=sig)
-        self.floats[id(value)] = idx
+        idx = self.builder.add_tensor(name, dims, dtype or tflite_dtype(value), shape_signature=sig)
+        self.bind(value, idx, perm)
         return idx
+
+    def new_float(self, value: ir.Value, name: str | None = None) -> int:
+        """Create the float32 TFLite tensor of ``value`` in its ONNX layout and bind it."""
+        return self.new_tensor(value, name, dtype="float32")
+
+    def bind(self, value: ir.Value, index: int, perm: Perm | None = None) -> None:
+        """Record that tensor ``index`` holds ``value`` (transposed by ``perm``)."""
+        if _is_identity(perm):
+            self.floats[id(value)] = index
+        else:
+            assert perm is not None
+            self.transposed[id(value)] = (index, tuple(perm))
+
+    def alias(self, value: ir.Value, source: ir.Value) -> None:
+        """Bind ``value`` to every tensor (and layout) ``source`` is held in (Identity-like ops)."""
+        src, dst = id(source), id(value)
+        if src in self.floats:
+            self.floats[dst] = self.floats[src]
+        if src in self.transposed:
+            self.transposed[dst] = self.transposed[src]
+        if src in self.int8:
+            self.int8[dst] = self.int8[src]
+
+    def layout(self, value: ir.Value) -> Perm | None:
+        """The perm ``value`` is held in when it exists only transposed, else ``None``."""
+        if id(value) in self.floats or id(value) in self.int8 or value.const_value is not None:
+            return None
+        held = self.transposed.get(id(value))
+        return held[1] if held is not None else None
 
     def constant(self, value: ir.Value, name: str | None = None) -> int:
         """The TFLite constant tensor of an ONNX initializer/constant value."""
@@ -88,22 +189,63 @@ class LoweringContext:
         self.floats[id(value)] = idx
         return idx
 
-    def float_tensor(self, value: ir.Value, consumer: ir.Node) -> int:
-        """The float tensor of ``value``; dequantizes an int8 alias on first use."""
+    def tensor(self, value: ir.Value, consumer: ir.Node, perm: Perm | None = None) -> int:
+        """The tensor of ``value`` in the layout ``perm`` (``None``: its ONNX layout).
+
+        A constant is transposed at export; a tensor held in another layout gets one
+        TRANSPOSE (emitted once per value and layout, then reused); an int8 alias is
+        dequantized on first use.
+        """
         key = id(value)
-        if key in self.floats:
-            return self.floats[key]
+        if _is_identity(perm):
+            if key in self.floats:
+                return self.floats[key]
+            if value.const_value is not None:
+                return self.constant(value)
+            if key in self.int8:
+                alias = self.int8[key]
+                idx = self.new_float(value, f"{self.builder.tensors[alias.index].name}/dequantized")
+                self.builder.add_op("DEQUANTIZE", [alias.index], [idx], _version=2)
+                return idx
+            if key in self.transposed:
+                src, held = self.transposed[key]
+                idx = self._transpose(value, src, inverse(held), None)
+                self.floats[key] = idx
+                return idx
+            raise InternalError(
+                f"tflite: value {value.name!r} used by {consumer.name!r} was not produced by any "
+                "lowered op (graph not in topological order?)"
+            )
+        assert perm is not None
+        perm = tuple(perm)
+        if key in self.transposed and self.transposed[key][1] == perm:
+            return self.transposed[key][0]
+        if (key, perm) in self._views:
+            return self._views[(key, perm)]
         if value.const_value is not None:
-            return self.constant(value)
-        if key in self.int8:
-            alias = self.int8[key]
-            idx = self.new_float(value, f"{self.builder.tensors[alias.index].name}/dequantized")
-            self.builder.add_op("DEQUANTIZE", [alias.index], [idx], _version=2)
-            return idx
-        raise InternalError(
-            f"tflite: value {value.name!r} used by {consumer.name!r} was not produced by any "
-            "lowered op (graph not in topological order?)"
-        )
+            arr = value.const_value.numpy()
+            arr = arr.astype(np.float32) if arr.dtype == np.float64 else arr
+            idx = self.builder.add_constant(f"{value.name}/transposed", np.transpose(arr, perm).copy())
+        else:
+            idx = self._transpose(value, self.tensor(value, consumer), perm, perm)
+        self._views[(key, perm)] = idx
+        return idx
+
+    def float_tensor(self, value: ir.Value, consumer: ir.Node) -> int:
+        """The tensor of ``value`` in its ONNX layout (see :meth:`tensor`)."""
+        return self.tensor(value, consumer)
+
+    def _transpose(self, value: ir.Value, src: int, perm: Perm, out_perm: Perm | None) -> int:
+        """TRANSPOSE tensor ``src`` by ``perm``; the result holds ``value`` in ``out_perm``."""
+        dims, sig = self.shape(value)
+        if out_perm is not None:
+            dims, sig = [dims[i] for i in out_perm], [sig[i] for i in out_perm]
+        src_name = self.builder.tensors[src].name
+        dtype = self.builder.tensors[src].dtype
+        idx = self.builder.add_tensor(f"{src_name}/transposed", dims, dtype, shape_signature=sig)
+        perm_t = self.builder.add_constant(f"{src_name}/perm", np.array(perm, dtype=np.int32))
+        self.builder.add_op("TRANSPOSE", [src, perm_t], [idx])
+        return idx
 
     def int8_tensor(self, value: ir.Value, scale: float, zero_point: int, consumer: ir.Node) -> int:
         """An int8 tensor of ``value`` with exactly (scale, zero_point): reused or QUANTIZEd."""

@@ -16,10 +16,10 @@ import onnx_ir as ir
 
 from bitnet_export._version import __version__
 from bitnet_export.backends.tflite import lower_bitlinear as _lower_bitlinear  # noqa: F401 (registers)
-from bitnet_export.backends.tflite import lower_float as _lower_float  # noqa: F401 (registers)
+from bitnet_export.backends.tflite import ops as _ops  # noqa: F401 (registers)
 from bitnet_export.backends.tflite.context import LoweringContext
 from bitnet_export.backends.tflite.flatbuffer import TflModelBuilder
-from bitnet_export.backends.tflite.registry import LOWERINGS
+from bitnet_export.backends.tflite.registry import CHECKS, LOWERINGS
 from bitnet_export.capture.preflight import format_problems
 from bitnet_export.errors import ExportError
 from bitnet_export.passes.name_nodes import module_path_of
@@ -31,21 +31,38 @@ TFLITE_WEIGHT_MODES = ("int8", "int4", "int2")
 
 
 def check_supported(graph: ir.Graph) -> None:
-    """Raise one :class:`ExportError` listing every op the TFLite backend cannot lower."""
+    """Raise one :class:`ExportError` listing every node the TFLite backend cannot lower.
+
+    Two kinds of problem, both found before anything is lowered: an op without a lowering,
+    and a node whose attributes, shapes or inputs the lowering's registered check refuses
+    (the op table's constraints, e.g. a Softmax over a dynamic axis).
+    """
     missing: dict[str, list[str]] = defaultdict(list)
+    refused: dict[tuple[str, str], list[str]] = defaultdict(list)
     for node in graph:
-        if (node.domain, node.op_type) not in LOWERINGS:
-            op = f"{node.domain}.{node.op_type}" if node.domain else node.op_type
-            missing[op].append(module_path_of(node) or "<root>")
-    if missing:
+        key = (node.domain, node.op_type)
+        op = f"{node.domain}.{node.op_type}" if node.domain else node.op_type
+        where = module_path_of(node) or "<root>"
+        if key not in LOWERINGS:
+            missing[op].append(where)
+            continue
+        check = CHECKS.get(key)
+        reason = check(node) if check is not None else None
+        if reason:
+            refused[(op, reason)].append(where)
+    if missing or refused:
         problems = [f"ONNX {op}: {len(p)} use(s), e.g. in {p[0]}" for op, p in sorted(missing.items())]
+        problems += [
+            f"ONNX {op}: {reason} ({len(p)} use(s), e.g. in {p[0]})"
+            for (op, reason), p in sorted(refused.items())
+        ]
         supported = sorted({op for _, op in LOWERINGS})
         raise ExportError(
             format_problems(
                 "pre-flight op analysis for tflite",
                 problems,
                 f"the TFLite backend lowers {', '.join(supported)}; replace the other ops in the "
-                "model. Nothing was written",
+                "model, or follow the fix named for each node. Nothing was written",
             )
         )
 
@@ -80,7 +97,7 @@ def convert_hub(
     builder = TflModelBuilder(description=f"bitnet_export {__version__}")
     ctx = LoweringContext(builder, batch, weights)
     for value in graph.inputs:
-        idx = ctx.new_float(value)
+        idx = ctx.new_tensor(value)
         builder.inputs.append(idx)
         builder.input_names.append(str(value.name))
     for node in graph:

@@ -35,29 +35,9 @@ __all__ = [
     "read_model",
 ]
 
-#: Builtin operator codes used by the backend (by name).
+#: Builtin operator codes by name (every builtin of the schema; lowerings pick by name).
 BUILTIN: Final = {
-    name: getattr(schema.BuiltinOperator, name)
-    for name in (
-        "FULLY_CONNECTED",
-        "QUANTIZE",
-        "DEQUANTIZE",
-        "ADD",
-        "SUB",
-        "MUL",
-        "DIV",
-        "RELU",
-        "GELU",
-        "TANH",
-        "LOGISTIC",
-        "RESHAPE",
-        "MEAN",
-        "RSQRT",
-        "SQUARED_DIFFERENCE",
-        "SOFTMAX",
-        "BATCH_MATMUL",
-        "TRANSPOSE",
-    )
+    name: code for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")
 }
 
 #: TensorType codes by numpy-ish name (INT4=17, INT2=19 in LiteRT 2.3).
@@ -67,6 +47,9 @@ TENSOR_TYPES: Final = {
     "int64": schema.TensorType.INT64,
     "int8": schema.TensorType.INT8,
     "uint8": schema.TensorType.UINT8,
+    "int16": schema.TensorType.INT16,
+    "float16": schema.TensorType.FLOAT16,
+    "bool": schema.TensorType.BOOL,
     "int4": schema.TensorType.INT4,
     "int2": schema.TensorType.INT2,
 }
@@ -82,25 +65,43 @@ def _align(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
-_OPTIONS: Final = {
-    "FULLY_CONNECTED": (schema.BuiltinOptions.FullyConnectedOptions, schema.FullyConnectedOptionsT),
-    "ADD": (schema.BuiltinOptions.AddOptions, schema.AddOptionsT),
-    "SUB": (schema.BuiltinOptions.SubOptions, schema.SubOptionsT),
-    "MUL": (schema.BuiltinOptions.MulOptions, schema.MulOptionsT),
-    "DIV": (schema.BuiltinOptions.DivOptions, schema.DivOptionsT),
-    "RESHAPE": (schema.BuiltinOptions.ReshapeOptions, schema.ReshapeOptionsT),
-    "MEAN": (schema.BuiltinOptions.ReducerOptions, schema.ReducerOptionsT),
-    "GELU": (schema.BuiltinOptions.GeluOptions, schema.GeluOptionsT),
-    "SOFTMAX": (schema.BuiltinOptions.SoftmaxOptions, schema.SoftmaxOptionsT),
-    "BATCH_MATMUL": (schema.BuiltinOptions.BatchMatMulOptions, schema.BatchMatMulOptionsT),
-    "TRANSPOSE": (schema.BuiltinOptions.TransposeOptions, schema.TransposeOptionsT),
-    "QUANTIZE": (schema.BuiltinOptions.QuantizeOptions, schema.QuantizeOptionsT),
-    "DEQUANTIZE": (schema.BuiltinOptions.DequantizeOptions, schema.DequantizeOptionsT),
-    "SQUARED_DIFFERENCE": (
-        schema.BuiltinOptions.SquaredDifferenceOptions,
-        schema.SquaredDifferenceOptionsT,
-    ),
+#: Operators whose options table is not named after the operator (``MEAN`` -> ReducerOptions).
+_OPTION_TABLES: Final = {
+    "MEAN": "ReducerOptions",
+    "SUM": "ReducerOptions",
+    "REDUCE_MAX": "ReducerOptions",
+    "REDUCE_MIN": "ReducerOptions",
+    "REDUCE_PROD": "ReducerOptions",
+    "REDUCE_ANY": "ReducerOptions",
+    "REDUCE_ALL": "ReducerOptions",
+    "MAX_POOL_2D": "Pool2DOptions",
+    "AVERAGE_POOL_2D": "Pool2DOptions",
+    "L2_POOL_2D": "Pool2DOptions",
+    "CONV_2D": "Conv2DOptions",
+    "DEPTHWISE_CONV_2D": "DepthwiseConv2DOptions",
+    "TRANSPOSE_CONV": "TransposeConvOptions",
+    "GATHER_ND": "GatherNdOptions",
+    "LOGICAL_AND": "LogicalAndOptions",
+    "LOGICAL_OR": "LogicalOrOptions",
+    "LOGICAL_NOT": "LogicalNotOptions",
+    "SELECT_V2": "SelectV2Options",
+    "SPLIT_V": "SplitVOptions",
+    "PADV2": "PadV2Options",
+    "CUMSUM": "CumsumOptions",
+    "BATCH_MATMUL": "BatchMatMulOptions",
 }
+
+
+def _options_table(kind: str) -> tuple[int, Any] | None:
+    """``(BuiltinOptions code, options class)`` of ``kind``, or ``None`` for an option-less op."""
+    name = _OPTION_TABLES.get(kind)
+    if name is None:  # FULLY_CONNECTED -> FullyConnectedOptions, BATCH_MATMUL -> BatchMatMulOptions
+        name = "".join(part.capitalize() for part in kind.split("_")) + "Options"
+    code = getattr(schema.BuiltinOptions, name, None)
+    cls = getattr(schema, name + "T", None)
+    if code is None or cls is None:
+        return None
+    return code, cls
 
 
 @dataclass(frozen=True)
@@ -285,8 +286,9 @@ class TflModelBuilder:
             o.opcodeIndex = codes[key]
             o.inputs = list(op.inputs)
             o.outputs = list(op.outputs)
-            if op.kind in _OPTIONS:
-                opt_type, opt_cls = _OPTIONS[op.kind]
+            table = _options_table(op.kind)
+            if table is not None:
+                opt_type, opt_cls = table
                 opts = opt_cls()
                 for k, v in op.options.items():
                     if k.startswith("_"):
@@ -367,7 +369,16 @@ class ParsedModel:
     description: str
 
 
-_ITEM_BYTES: Final = {"float32": 4, "int32": 4, "int64": 8, "int8": 1, "uint8": 1}
+_ITEM_BYTES: Final = {
+    "float32": 4,
+    "int32": 4,
+    "int64": 8,
+    "int8": 1,
+    "uint8": 1,
+    "int16": 2,
+    "float16": 2,
+    "bool": 1,
+}
 
 
 def _check_buffer_sizes(tensors: Sequence[ParsedTensor]) -> None:
