@@ -1,0 +1,243 @@
+"""ONNX node conformance cases run through the TFLite backend on LiteRT (a test helper module).
+
+ONNX ships its own single-node test cases (``onnx.backend.test.case.node.collect_testcases()``:
+model + input/output data). This module runs them through
+:func:`bitnet_export.backends.tflite.convert.convert_hub` and LiteRT:
+
+- :func:`float32_cases` selects the cases of some op types whose data TFLite can hold with
+  float32 as the only float type (int64 indices/axes, int32, bool... are fine; float16, double,
+  bfloat16, strings, unsigned > 8 bits are not).
+- :func:`run_case` converts one case and runs it on LiteRT with the reference kernels
+  (``BUILTIN_REF``) *and* the optimized builtin kernels (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``);
+  the :class:`Outcome` is ``pass``, ``refused`` (the pre-flight :func:`check_supported` raised an
+  :class:`ExportError` with a reason: allowed, not a pass) or ``fail`` (anything else: an error
+  while lowering, a LiteRT load/invoke error, wrong numbers).
+- :func:`summarize` gives per-op pass counts.
+
+Shape-like inputs are frozen: the ONNX cases feed ``axes``, ``shape``, ``starts``... as graph
+inputs, while in the hub (static shapes, shape arithmetic folded by the exporter) they are
+constants. :data:`CONSTANT_INPUTS` names those input positions per op; they become initializers
+holding the case's data before conversion. Data inputs (``indices`` of Gather, ``condition``
+of Where) stay runtime inputs.
+
+Tolerance: ``rtol=1e-3, atol=1e-5`` (or the case's own, if looser). The ONNX backend default
+``atol=1e-7`` is below one float32 ulp of 1.0 (1.19e-7): decomposed lowerings (LayerNorm as
+MEAN/RSQRT/MUL, LogSoftmax as SUB/LOG, ReduceL2 as SQRT(SUM(x*x))) round differently from the
+numpy reference and miss it on near-zero outputs by a few ulps of the operands' magnitude.
+``atol=1e-5`` is ~100 ulps at 1.0, far below any real lowering bug. Integer and bool outputs
+must match exactly.
+
+Usage::
+
+    from tflite_conformance import float32_cases, run_case, summarize
+    outcomes = [run_case(c) for c in float32_cases({"Softmax", "Gather"})]
+    print(summarize(outcomes))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx import numpy_helper
+
+from bitnet_export.backends.tflite.convert import check_supported, convert_hub
+from bitnet_export.errors import ExportError
+
+__all__ = [
+    "ATOL",
+    "CONSTANT_INPUTS",
+    "RESOLVERS",
+    "RTOL",
+    "Outcome",
+    "float32_cases",
+    "op_type_of",
+    "run_case",
+    "summarize",
+]
+
+RTOL: Final = 1e-3
+ATOL: Final = 1e-5
+#: LiteRT op resolvers every case runs on (reference kernels, optimized builtin kernels).
+RESOLVERS: Final = ("BUILTIN_REF", "BUILTIN_WITHOUT_DEFAULT_DELEGATES")
+
+#: op type -> input positions that are constants in the hub (frozen from the case's data).
+CONSTANT_INPUTS: Final[dict[str, tuple[int, ...]]] = {
+    "Reshape": (1,),
+    "Slice": (1, 2, 3, 4),
+    "Split": (1,),
+    "Squeeze": (1,),
+    "Unsqueeze": (1,),
+    "Expand": (1,),
+    "Tile": (1,),
+    "ConstantOfShape": (0,),
+    "Range": (0, 1, 2),
+    "ReduceMean": (1,),
+    "ReduceSum": (1,),
+    "ReduceMax": (1,),
+    "ReduceMin": (1,),
+    "ReduceProd": (1,),
+    "ReduceL1": (1,),
+    "ReduceL2": (1,),
+    "ReduceSumSquare": (1,),
+    "ReduceLogSum": (1,),
+    "ReduceLogSumExp": (1,),
+    "Pad": (1, 2, 3),
+    "Resize": (1, 2, 3),
+    "Upsample": (1,),
+    "TopK": (1,),
+    "OneHot": (1,),
+    "Clip": (1, 2),
+    "CumSum": (1,),
+}
+
+#: numpy dtypes a "float32 case" may use (float32 is the only float; TFLite holds all of them).
+_CASE_DTYPES: Final = {np.dtype(t) for t in ("float32", "bool", "int8", "uint8", "int16", "int32", "int64")}
+
+Status = Literal["pass", "refused", "fail"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one case: ``status`` and a one-line ``detail`` (reason, error, mismatch)."""
+
+    name: str
+    op_type: str
+    status: Status
+    detail: str = ""
+
+
+def op_type_of(case: Any) -> str:
+    """The op type of a single-node case (``""`` for a multi-node model)."""
+    nodes = case.model.graph.node
+    return str(nodes[0].op_type) if len(nodes) == 1 else ""
+
+
+@functools.cache
+def _all_cases() -> tuple[Any, ...]:
+    from onnx.backend.test.case.node import collect_testcases
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # numpy overflow warnings of the case generators
+        return tuple(collect_testcases())
+
+
+def _is_float32_case(case: Any) -> bool:
+    for inputs, outputs in case.data_sets:
+        for arr in [*inputs, *outputs]:
+            if not isinstance(arr, np.ndarray) or arr.dtype not in _CASE_DTYPES:
+                return False
+    return bool(case.data_sets)
+
+
+def float32_cases(op_types: Iterable[str]) -> list[Any]:
+    """The single-node ONNX cases of ``op_types`` whose data are float32 / int / bool, by name."""
+    wanted = set(op_types)
+    found = [c for c in _all_cases() if op_type_of(c) in wanted and _is_float32_case(c)]
+    return sorted(found, key=lambda c: c.name)
+
+
+def _freeze(case: Any, inputs: list[np.ndarray]) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The case's model with its shape-like inputs as initializers, and the remaining feeds."""
+    model = onnx.ModelProto()
+    model.CopyFrom(case.model)
+    graph = model.graph
+    frozen = CONSTANT_INPUTS.get(op_type_of(case), ())
+    node = graph.node[0]
+    const_names = {node.input[i] for i in frozen if i < len(node.input) and node.input[i]}
+    feeds: dict[str, np.ndarray] = {}
+    keep = []
+    for vi, arr in zip(list(graph.input), inputs, strict=False):
+        if vi.name in const_names:
+            graph.initializer.append(numpy_helper.from_array(arr, vi.name))
+        else:
+            keep.append(vi)
+            feeds[vi.name] = arr
+    del graph.input[:]
+    graph.input.extend(keep)
+    return model, feeds
+
+
+def _run_litert(data: bytes, feeds: dict[str, np.ndarray], resolver: str) -> dict[str, np.ndarray]:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interp = Interpreter(model_content=data, experimental_op_resolver_type=getattr(OpResolverType, resolver))
+    runner = interp.get_signature_runner("serving_default")
+    return dict(runner(**feeds))
+
+
+def _compare(name: str, got: np.ndarray, want: np.ndarray, rtol: float, atol: float) -> str | None:
+    got = np.asarray(got)
+    if got.shape != want.shape:
+        return f"{name}: shape {list(got.shape)}, expected {list(want.shape)}"
+    if want.dtype.kind in "biu":
+        if got.dtype.kind not in "biu" or not np.array_equal(got.astype(want.dtype), want):
+            return f"{name}: {got.dtype} values differ from the expected {want.dtype} values"
+        return None
+    if not np.allclose(got, want, rtol=rtol, atol=atol, equal_nan=True):
+        err = np.abs(got.astype(np.float64) - want.astype(np.float64))
+        return f"{name}: max abs error {np.nanmax(err) if err.size else 0:.3g} (rtol={rtol}, atol={atol})"
+    return None
+
+
+def run_case(case: Any) -> Outcome:
+    """Convert one ONNX node case to TFLite and compare LiteRT's outputs with the expected ones."""
+    op = op_type_of(case)
+    rtol, atol = max(RTOL, float(case.rtol)), max(ATOL, float(case.atol))
+    for inputs, expected in case.data_sets:
+        proto, feeds = _freeze(case, list(inputs))
+        try:
+            model = ir.from_proto(proto)
+        except Exception as exc:  # not our bug, but not a pass either
+            return Outcome(case.name, op, "fail", f"onnx_ir cannot read the case: {exc}")
+        try:
+            check_supported(model.graph)
+        except ExportError as exc:
+            return Outcome(case.name, op, "refused", str(exc).replace("\n", " "))
+        try:
+            data = convert_hub(model, {}, "int8", batch=1)
+        except Exception as exc:
+            return Outcome(case.name, op, "fail", f"lowering raised {type(exc).__name__}: {exc}")
+        out_names = [o.name for o in proto.graph.output]
+        for resolver in RESOLVERS:
+            try:
+                got = _run_litert(data, feeds, resolver)
+            except Exception as exc:
+                return Outcome(case.name, op, "fail", f"LiteRT {resolver}: {type(exc).__name__}: {exc}")
+            for oname, want in zip(out_names, expected, strict=False):
+                if oname not in got:
+                    return Outcome(case.name, op, "fail", f"LiteRT {resolver}: no output {oname!r}")
+                bad = _compare(oname, got[oname], np.asarray(want), rtol, atol)
+                if bad:
+                    return Outcome(case.name, op, "fail", f"LiteRT {resolver}: {bad}")
+    return Outcome(case.name, op, "pass")
+
+
+def summarize(outcomes: Iterable[Outcome]) -> dict[str, tuple[int, int, int]]:
+    """Per op type: ``(passed, refused, total)`` float32 cases."""
+    table: dict[str, list[int]] = {}
+    for o in outcomes:
+        row = table.setdefault(o.op_type, [0, 0, 0])
+        row[0] += o.status == "pass"
+        row[1] += o.status == "refused"
+        row[2] += 1
+    return {op: (r[0], r[1], r[2]) for op, r in sorted(table.items())}
+
+
+def format_summary(summary: dict[str, tuple[int, int, int]]) -> str:
+    """A table of :func:`summarize`'s figures, with the total pass rate."""
+    lines = [f"{'op':<22}{'passed':>8}{'refused':>9}{'total':>7}"]
+    for op, (p, r, t) in summary.items():
+        lines.append(f"{op:<22}{p:>8}{r:>9}{t:>7}")
+    passed = sum(v[0] for v in summary.values())
+    total = sum(v[2] for v in summary.values())
+    lines.append(f"{'all':<22}{passed:>8}{'':>9}{total:>7}  ({100 * passed / max(total, 1):.1f} % pass)")
+    return "\n".join(lines)
