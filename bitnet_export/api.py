@@ -44,6 +44,7 @@ class ExportResult:
         external_data: the external data file, if any.
         seconds: wall time of the export.
         kernels: ONNX only: ``integer`` or ``float`` (see :func:`export_onnx`); ``""`` for TFLite.
+        batch: the file's fixed batch size, or ``None`` when its batch dimension is free.
     """
 
     path: Path
@@ -57,13 +58,15 @@ class ExportResult:
     external_data: Path | None = None
     seconds: float = 0.0
     kernels: str = ""
+    batch: int | None = None
 
     def summary(self) -> str:
         """A short human-readable summary."""
         lines = [
             f"wrote {self.path} ({self.size_bytes / 1e6:.3f} MB, {self.format}, weights={self.weights}, "
             + (f"kernels={self.kernels}, " if self.kernels else "")
-            + f"opset {self.opset}, {self.seconds:.1f} s)"
+            + (f"opset {self.opset}, " if self.opset else "")
+            + f"batch {'free' if self.batch is None else self.batch}, {self.seconds:.1f} s)"
         ]
         for layer in self.layers:
             lines.append(
@@ -77,6 +80,11 @@ def _as_tuple(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[to
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
     return tuple(example_inputs)
+
+
+def _batch_of(args: tuple[torch.Tensor, ...]) -> int | None:
+    """The batch of the example inputs (their first dimension), ``None`` for scalars."""
+    return int(args[0].shape[0]) if args and args[0].dim() > 0 else None
 
 
 def _progress(enabled: bool) -> Callable[[str], None]:
@@ -181,6 +189,7 @@ def export_onnx(
         external_data=data,
         seconds=time.perf_counter() - t0,
         kernels=kernels,
+        batch=None if captured.batch_free else _batch_of(_as_tuple(example_inputs)),
     )
 
 
@@ -192,6 +201,7 @@ def export_tflite(
     *,
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
+    dynamic_batch: bool | str = "auto",
     weights_after: bool | None = None,
     progress: bool = False,
 ) -> ExportResult:
@@ -200,7 +210,9 @@ def export_tflite(
     Static-activation BitNetLayers become full-integer int8 ``FULLY_CONNECTED`` ops (int8
     between consecutive BitNet layers), dynamic per-token ones hybrid ``FULLY_CONNECTED`` ops
     (float in/out, int8/INT4/INT2 weights) whose builtin kernel quantizes rows exactly like
-    BitNet. The batch size of ``example_inputs`` is the model's; its signature keeps it free.
+    BitNet. Shapes are resolved at export (TFLite kernels are static-shaped): the batch of
+    ``example_inputs`` is the file's; its signature keeps it free (``-1``) unless the model
+    computes with its sizes (attention masks, ``view(B, ...)``), then the file is fixed at it.
 
     Args:
         model: a model with BitNetLayers (and supported float ops).
@@ -209,6 +221,8 @@ def export_tflite(
         weights: ``int8``, ``int4`` (TensorType INT4) or ``int2`` (INT2), packed low bits first.
         input_names: SignatureDef input names.
         output_names: SignatureDef output names.
+        dynamic_batch: ``"auto"`` (above), ``True`` (a free batch, or an error where the model
+            computes with it) or ``False`` (always fixed at the example batch).
         weights_after: store the weights after the flatbuffer (``Buffer.offset/size``), as
             models over 2 GiB need; ``None``: only above ~1.9 GB of weights.
         progress: print progress steps to stderr.
@@ -228,12 +242,27 @@ def export_tflite(
         )
     args = _as_tuple(example_inputs)
     say = _progress(progress)
-    captured = capture(model, args, opset=21, input_names=input_names, output_names=output_names, log=say)
+    captured = capture(
+        model,
+        args,
+        opset=21,
+        input_names=input_names,
+        output_names=output_names,
+        dynamic_batch=dynamic_batch,
+        log=say,
+    )
     hub = captured.model
     name_nodes(hub)
     say(f"lowering to TFLite with weights={weights}")
-    batch = int(args[0].shape[0]) if args[0].dim() > 0 else 1
-    data = convert_hub(hub, captured.layers, weights, batch, weights_after=weights_after)
+    batch = _batch_of(args) or 1
+    data = convert_hub(
+        hub,
+        captured.layers,
+        weights,
+        batch,
+        extra_metadata={"bitnet_export.batch": None if captured.batch_free else batch},
+        weights_after=weights_after,
+    )
     path = Path(path)
     say(f"writing {path}")
     atomic_write_bytes(path, data)
@@ -257,6 +286,7 @@ def export_tflite(
         output_names=captured.output_names,
         layers=layers,
         seconds=time.perf_counter() - t0,
+        batch=None if captured.batch_free else batch,
     )
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from bitnet_export.capture import bitlinear_op
+from bitnet_export.capture.outputs import output_names as flat_output_names
 from bitnet_export.capture.preflight import check_model, check_ops, format_problems
 from bitnet_export.errors import BitNetExportError, ExportError, InternalError
 from bitnet_export.quant.params import LayerQuantParams
@@ -39,6 +40,7 @@ class CapturedModel:
         input_names: graph input names.
         output_names: graph output names.
         opset: default-domain opset of ``model``.
+        batch_free: whether the first dimension of the inputs stayed symbolic.
     """
 
     model: ir.Model
@@ -46,6 +48,7 @@ class CapturedModel:
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
     opset: int
+    batch_free: bool = True
 
 
 @contextlib.contextmanager
@@ -112,10 +115,57 @@ def _onnx_registry() -> tuple[object, Callable[[torch.export.ExportedProgram], t
     return registry, decompose
 
 
+#: FX targets through which a program computes with its (symbolic) input sizes.
+_SIZE_OPS = ("sym_size", "sym_numel", "sym_stride", "sym_storage_offset")
+
+
+def reads_sizes(program: torch.export.ExportedProgram) -> bool:
+    """Whether ``program`` computes with a symbolic size (``x.shape[0]`` in a view, a mask...)."""
+    for node in program.graph.nodes:
+        target = node.target
+        if (
+            node.op == "call_function"
+            and isinstance(target, torch._ops.OpOverload)
+            and target.namespace == "aten"
+            and target._opname in _SIZE_OPS
+        ):
+            return True
+    return False
+
+
 def _dynamic_shapes(args: Sequence[torch.Tensor], dynamic_batch: bool) -> tuple[object, ...] | None:
     if not dynamic_batch:
         return None
     return tuple({0: torch.export.Dim.AUTO} if a.dim() > 0 else None for a in args)
+
+
+def _torch_export(
+    model: nn.Module, args: tuple[torch.Tensor, ...], dynamic_batch: bool | str
+) -> tuple[torch.export.ExportedProgram, tuple[torch.Tensor, ...]]:
+    """``torch.export`` with project errors; returns the program and the arguments traced."""
+    dynamic = dynamic_batch is not False
+    if dynamic and any(a.dim() > 0 and a.shape[0] == 1 for a in args):
+        # torch.export specializes a size-1 dimension to a constant (0/1 specialization): trace
+        # with the batch repeated so the exported batch dimension really stays free.
+        args = tuple(torch.cat([a, a]) if a.dim() > 0 and a.shape[0] == 1 else a for a in args)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(
+                model, args, dynamic_shapes=_dynamic_shapes(args, dynamic), strict=False
+            )
+    except Exception as exc:
+        cause = _find_cause(exc)
+        if cause is not None:
+            raise ExportError(format_problems("capture (torch.export)", [str(cause)])) from exc
+        raise ExportError(
+            format_problems(
+                "capture (torch.export)",
+                [f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"],
+                "make the model torch.export-able (no data-dependent Python control flow)",
+            )
+        ) from exc
+    return program, args
 
 
 def capture(
@@ -125,7 +175,7 @@ def capture(
     opset: int = 21,
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
-    dynamic_batch: bool = True,
+    dynamic_batch: bool | str = True,
     log: Callable[[str], None] | None = None,
 ) -> CapturedModel:
     """Capture ``model`` into the ONNX IR hub.
@@ -136,7 +186,9 @@ def capture(
         opset: default-domain ONNX opset (21, 23 or 25).
         input_names: graph input names (default ``input``, ``input_1``... from torch).
         output_names: graph output names.
-        dynamic_batch: make the first dimension of every input dynamic.
+        dynamic_batch: make the first dimension of every input dynamic; ``"auto"``: dynamic
+            unless the model computes with its sizes (then every shape is fixed at the
+            example inputs', and shape arithmetic folds to constants: what TFLite needs).
         log: progress callback (``"step 1/3 ..."`` messages).
 
     Returns:
@@ -153,33 +205,35 @@ def capture(
         raise ExportError(
             "capture: example_inputs must be a non-empty tuple of tensors, e.g. (torch.randn(1, 64),)"
         )
-    if dynamic_batch and any(a.dim() > 0 and a.shape[0] == 1 for a in args):
-        # torch.export specializes a size-1 dimension to a constant (0/1 specialization): trace
-        # with the batch repeated so the exported batch dimension really stays free.
-        args = tuple(torch.cat([a, a]) if a.dim() > 0 and a.shape[0] == 1 else a for a in args)
+    if dynamic_batch not in (True, False, "auto"):
+        raise ExportError(f"capture: dynamic_batch={dynamic_batch!r}; use True, False or 'auto'")
     check_model(model)
     was_training = model.training
     model.eval()
     try:
+        try:
+            with torch.no_grad():
+                eager = model(*args)
+        except BitNetExportError:
+            raise
+        except Exception as exc:
+            raise ExportError(
+                format_problems(
+                    "capture (the model's forward on example_inputs)",
+                    [f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"],
+                    "pass example_inputs the model's forward accepts (shapes, dtypes, order)",
+                )
+            ) from exc
+        names = flat_output_names(eager, "capture (the model's forward)")
         with capture_mode(model) as recorded:
             say("step 1/3 torch.export (BitNetLayers as bitnet_export::bitlinear)")
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    program = torch.export.export(
-                        model, args, dynamic_shapes=_dynamic_shapes(args, dynamic_batch), strict=False
-                    )
-            except Exception as exc:
-                cause = _find_cause(exc)
-                if cause is not None:
-                    raise ExportError(format_problems("capture (torch.export)", [str(cause)])) from exc
-                raise ExportError(
-                    format_problems(
-                        "capture (torch.export)",
-                        [f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"],
-                        "make the model torch.export-able (no data-dependent Python control flow)",
-                    )
-                ) from exc
+            program, args = _torch_export(model, args, dynamic_batch)
+            batch_free = dynamic_batch is not False
+            if dynamic_batch == "auto" and reads_sizes(program):
+                say("  the model computes with its input sizes: capturing at fixed shapes")
+                args = tuple(example_inputs)
+                program, _ = _torch_export(model, args, False)
+                batch_free = False
             say("step 2/3 pre-flight op analysis")
             registry, decompose = _onnx_registry()
             decomposed = decompose(program)
@@ -213,15 +267,19 @@ def capture(
     if onnx_program is None:
         raise InternalError("capture: torch.onnx.export returned no program")
     ir_model = onnx_program.model
+    outs = list(ir_model.graph.outputs)
+    if len(outs) != len(names):
+        raise InternalError(f"capture: {len(outs)} graph outputs for {len(names)} model outputs")
     if not output_names:
-        # torch names outputs after FX nodes ("bitlinear_3"); give them stable names instead
-        outs = list(ir_model.graph.outputs)
-        for i, value in enumerate(outs):
-            value.name = "output" if len(outs) == 1 else f"output_{i}"
+        # torch names outputs after FX nodes ("bitlinear_3"); name them after the forward's
+        # return value instead (``logits``, ``output_0``...: see capture/outputs.py)
+        for value, name in zip(outs, names, strict=True):
+            value.name = name
     return CapturedModel(
         model=ir_model,
         layers=dict(recorded),
         input_names=tuple(str(v.name) for v in ir_model.graph.inputs),
         output_names=tuple(str(v.name) for v in ir_model.graph.outputs),
         opset=opset,
+        batch_free=batch_free,
     )

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from bitnet_export.backends import file_format, read_file_metadata
+from bitnet_export.capture.outputs import flatten_outputs
 from bitnet_export.parity.metrics import compare
 from bitnet_export.parity.report import ParityReport, TargetResult, Tolerance
 from bitnet_export.parity.tolerances import tolerance_for, tolerance_vs_cpu, tolerance_vs_host
@@ -65,8 +66,7 @@ def reference_outputs(
             out = model(*inputs)
     finally:
         model.train(was_training)
-    flat = list(out) if isinstance(out, (tuple, list)) else [out]
-    return [t.detach().float().numpy() for t in flat]
+    return [t.detach().float().numpy() for t in flatten_outputs(out, "verify (the model's forward)")]
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ in ``pkg.torch.onnx.name_scopes``; a graph viewer then shows FX names, not the u
 from __future__ import annotations
 
 import ast
+import itertools
 
 import onnx_ir as ir
 
@@ -27,7 +28,14 @@ def module_path_of(node: ir.Node) -> str:
         scopes = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
         return ""
-    return ".".join(s for s in scopes[1:-1] if s)
+    modules = [str(s) for s in scopes[1:-1] if s]
+    if not modules:
+        return ""
+    # torch 2.13 records each scope as the full module path (["", "model", "model.layers.0"]);
+    # older releases recorded one attribute name per level (["", "model", "layers", "0"]).
+    # Joining full paths would read "model.model.layers.0": take the innermost one then.
+    full = all(b.startswith(a + ".") for a, b in itertools.pairwise(modules))
+    return modules[-1] if full else ".".join(modules)
 
 
 def name_nodes(model: ir.Model) -> bool:

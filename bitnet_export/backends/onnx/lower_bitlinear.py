@@ -55,14 +55,26 @@ _STORAGE_DTYPE = {
 }
 
 
+def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
+
+
 class _Emitter:
     """Builds the replacement of one BitLinear node, naming everything after the module."""
 
     def __init__(
-        self, graph: ir.Graph, path: str, output_feeds_add: bool = False, float_kernels: bool = False
+        self,
+        graph: ir.Graph,
+        path: str,
+        output_feeds_add: bool = False,
+        float_kernels: bool = False,
+        call: int = 0,
     ) -> None:
         self.graph = graph
+        #: a layer called more than once: the first call's nodes are ``<path>/...``, the n-th
+        #: call's ``<path>/call_<n>/...``; their constants are shared (see :meth:`const`)
         self.path = path or "bitlinear"
+        self.node_prefix = self.path if call == 0 else f"{self.path}/call_{call}"
         self.nodes: list[ir.Node] = []
         #: an Add/Sub consumes the layer's output (decides the static form, see lower_static)
         self.output_feeds_add = output_feeds_add
@@ -70,7 +82,23 @@ class _Emitter:
         self.float_kernels = float_kernels
 
     def const(self, role: str, array: np.ndarray, dtype: ir.DataType | None = None) -> ir.Value:
+        """The initializer ``<path>.<role>``; an equal one already in the graph is shared.
+
+        A BitNetLayer called twice (weight sharing) lowers twice with the same module path:
+        its constants are the same tensors and stay one initializer. A different tensor under
+        a taken name (which would be our bug) gets a suffixed name instead of clobbering it.
+        """
         name = f"{self.path}.{role}"
+        existing = self.graph.initializers.get(name)
+        i = 0
+        while existing is not None:
+            const = existing.const_value
+            same_type = const is not None and (dtype is None or const.dtype == dtype)
+            if same_type and const is not None and _same_array(const.numpy(), array):
+                return existing
+            i += 1
+            name = f"{self.path}.{role}_{i}"
+            existing = self.graph.initializers.get(name)
         tensor = ir.Tensor(array, dtype=dtype, name=name) if dtype else ir.tensor(array, name=name)
         value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype))
         value.const_value = tensor
@@ -90,9 +118,9 @@ class _Emitter:
             inputs,
             attributes=attrs,  # type: ignore[arg-type]
             domain=domain,
-            name=f"{self.path}/{out or op_type}",
+            name=f"{self.node_prefix}/{out or op_type}",
         )
-        node.outputs[0].name = f"{self.path}/{out or op_type}:0"
+        node.outputs[0].name = f"{self.node_prefix}/{out or op_type}:0"
         self.nodes.append(node)
         return node.outputs[0]
 
@@ -402,16 +430,27 @@ def lower_bitlinear_nodes(model: ir.Model, weights: str, kernels: str = "integer
         raise ExportError(f"kernels={kernels!r} is not supported; choose one of {', '.join(KERNELS)}")
     graph = model.graph
     summary: list[dict[str, object]] = []
-    for node in [n for n in graph if is_bitlinear(n)]:
+    calls: dict[str, int] = {}
+    bitlinears = [n for n in graph if is_bitlinear(n)]
+    for node in bitlinears:
+        for v in node.inputs[1:]:
+            # the hub's constants are replaced by the lowering's (same names, new layout); a
+            # constant something else also reads (a tied bias) stays
+            if (
+                v is not None
+                and v.name in graph.initializers
+                and all(is_bitlinear(use.node) for use in v.uses())
+                and not v.is_graph_output()
+            ):
+                graph.initializers.pop(v.name)  # type: ignore[arg-type]
+    for node in bitlinears:
         p = read_bitlinear(node)
         feeds_add = any(use.node.op_type in ("Add", "Sub") for use in node.outputs[0].uses())
-        em = _Emitter(graph, p.module_path, feeds_add, float_kernels=kernels == "float")
+        call = calls.get(p.module_path, 0)
+        calls[p.module_path] = call + 1
+        em = _Emitter(graph, p.module_path, feeds_add, float_kernels=kernels == "float", call=call)
         x = node.inputs[0]
         assert x is not None
-        for v in node.inputs[1:]:
-            # the hub's constants are replaced by the lowering's (same names, new layout)
-            if v is not None and v.name in graph.initializers and len(v.uses()) == 1:
-                graph.initializers.pop(v.name)  # type: ignore[arg-type]
         y = _pick(p, weights)(em, x, p, weights)
         for new_node in em.nodes:  # every emitted op keeps the layer's source location
             for key in SOURCE_KEYS:
@@ -421,6 +460,9 @@ def lower_bitlinear_nodes(model: ir.Model, weights: str, kernels: str = "integer
         out_name = old_out.name
         ir.convenience.replace_nodes_and_values(graph, node, [node], em.nodes, [old_out], [y])
         y.name = out_name  # keep graph output / downstream names stable
+        if call:  # the same layer again (weights shared): one summary, its calls counted
+            next(s for s in summary if s["module_path"] == p.module_path)["calls"] = call + 1
+            continue
         w_const = graph.initializers[f"{em.path}.weight_q"].const_value
         w_bytes = 0 if w_const is None else w_const.nbytes
         summary.append(
