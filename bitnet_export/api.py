@@ -172,7 +172,17 @@ def export_onnx(
     scales = _output_scales(hub)
     say(f"lowering {len(captured.layers)} BitNetLayer(s) with weights={weights}, kernels={kernels}")
     layers = lower_bitlinear_nodes(hub, weights, kernels)
-    annotate(hub, captured.layers, {"weights": weights, "kernels": kernels, "output_scales": scales})
+    annotate(
+        hub,
+        captured.layers,
+        {
+            "weights": weights,
+            "kernels": kernels,
+            "output_scales": scales,
+            "outputs": list(captured.output_names),
+            "batch": None if captured.batch_free else _batch_of(_as_tuple(example_inputs)),
+        },
+    )
     say(f"writing {path}")
     path = Path(path)
     data = save_onnx(hub, path, external_data=external_data)
@@ -260,7 +270,10 @@ def export_tflite(
         captured.layers,
         weights,
         batch,
-        extra_metadata={"bitnet_export.batch": None if captured.batch_free else batch},
+        extra_metadata={
+            "bitnet_export.batch": None if captured.batch_free else batch,
+            "bitnet_export.outputs": list(captured.output_names),
+        },
         weights_after=weights_after,
     )
     path = Path(path)

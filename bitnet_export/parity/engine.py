@@ -77,6 +77,8 @@ class _FileFacts:
     kernels: str
     scales: dict[str, Any]
     ranges: dict[str, Any]
+    #: the file's outputs in the model's (pytree) order; empty for files written before 0.x
+    outputs: list[str]
 
 
 def _file_facts(path: Path) -> _FileFacts:
@@ -90,6 +92,7 @@ def _file_facts(path: Path) -> _FileFacts:
         kernels=json.loads(meta.get("bitnet_export.kernels", '"integer"')),
         scales=json.loads(meta.get("bitnet_export.output_scales", "{}")),
         ranges=json.loads(meta.get("bitnet_export.output_ranges", "{}")),
+        outputs=json.loads(meta.get("bitnet_export.outputs", "[]")),
     )
 
 
@@ -210,7 +213,11 @@ def _run_file(
             continue
         metrics = []
         reference = ref_name
-        for (name, arr), r in zip(got.items(), ref, strict=False):
+        # pair outputs by the names the export recorded in the model's order: a runtime may
+        # return them in another order (LiteRT's signature runner sorts them by name)
+        order = facts.outputs if set(facts.outputs) == set(got) else list(got)
+        for name, r in zip(order, ref, strict=False):
+            arr = got[name]
             scale = facts.scales.get(name)
             if name in facts.ranges:
                 # an int8 output saturates at its calibrated range, by design: compare with the
