@@ -22,6 +22,7 @@ from bitnet_export.errors import (
 from bitnet_export.layers.bitnet import BitNetLayer
 from bitnet_export.quant.params import ActivationQuantParams, LayerQuantParams, WeightQuantParams
 from bitnet_export.training import (
+    ConversionReport,
     GradualQuantization,
     LayerStats,
     bitnet_layers,
@@ -31,6 +32,7 @@ from bitnet_export.training import (
     convert_to_bitnet,
     format_statistics,
     layer_statistics,
+    load_hf_bitnet,
     name_layers,
 )
 
@@ -38,6 +40,7 @@ __all__ = [
     "ActivationQuantParams",
     "BitNetExportError",
     "BitNetLayer",
+    "ConversionReport",
     "ExportError",
     "ExportResult",
     "GradualQuantization",
@@ -57,6 +60,7 @@ __all__ = [
     "export_tflite",
     "format_statistics",
     "layer_statistics",
+    "load_hf_bitnet",
     "name_layers",
     "verify",
 ]

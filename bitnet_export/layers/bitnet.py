@@ -14,6 +14,11 @@ Every parameter used is available as a frozen :class:`~bitnet_export.quant.param
 from :meth:`BitNetLayer.quant_params`, and lives in ``state_dict()`` (latent weights, observer
 ranges, the calibration flag and, as ``_extra_state``, the configuration), so a checkpoint
 reloads bit-identically, even into a layer built with default options.
+
+Given weights: :meth:`BitNetLayer.from_quantized` (or :meth:`BitNetLayer.freeze_weight`) makes
+a layer compute with integer codes and a scale it is handed (e.g. a Hugging Face BitNet
+checkpoint's ternary weights) instead of quantizing ``layer.weight``; the codes and scale live
+in ``state_dict()`` as the buffers ``frozen_codes`` / ``frozen_scale``.
 """
 
 from __future__ import annotations
@@ -95,6 +100,8 @@ class BitNetLayer(nn.Module):
     """
 
     calibrated: torch.Tensor
+    frozen_codes: torch.Tensor | None
+    frozen_scale: torch.Tensor | None
 
     def __init__(
         self,
@@ -128,6 +135,10 @@ class BitNetLayer(nn.Module):
         self.input_observer = RangeObserver()
         self.output_observer = RangeObserver()
         self.register_buffer("calibrated", torch.tensor(False))
+        # given weight codes [out, in] int8 and scale [1] / [out] float32 (None: quantize
+        # `weight` on the fly); see freeze_weight()
+        self.register_buffer("frozen_codes", None)
+        self.register_buffer("frozen_scale", None)
         self._ctx: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Size] | None
         self._ctx = None
         #: Set by bitnet_export.capture while a model is being exported: the forward then
@@ -162,9 +173,16 @@ class BitNetLayer(nn.Module):
     @property
     def granularity(self) -> Granularity:
         """Weight scale granularity; default per tensor for ternary/binary, per channel for k-bit."""
+        if self.frozen_scale is not None:
+            return "per_tensor" if self.frozen_scale.numel() == 1 else "per_channel"
         if self._granularity is not None:
             return self._granularity
         return "per_tensor" if self._precision in (1.58, 1) else "per_channel"
+
+    @property
+    def weight_frozen(self) -> bool:
+        """Whether the layer computes with given codes and scale (see :meth:`freeze_weight`)."""
+        return self.frozen_codes is not None
 
     def configure_quantization(self, **options: Any) -> BitNetLayer:
         """Change how this layer quantizes. All options are checked before any is applied.
@@ -200,6 +218,16 @@ class BitNetLayer(nn.Module):
         new: dict[str, Any] = {}
         for key, value in options.items():
             new[key] = self._validate_option(key, value)
+        if self.frozen_codes is not None and self.frozen_scale is not None:
+            if "precision" in new:
+                self._check_codes(self.frozen_codes, new["precision"], "configure_quantization")
+            gran = new.get("granularity")
+            if gran is not None and gran != self.granularity:
+                raise QuantConfigError(
+                    f"{self._label()}: granularity={gran!r} but the frozen weight scale is "
+                    f"{self.granularity} ({self.frozen_scale.numel()} value(s)); call "
+                    "unfreeze_weight() first to quantize the float weight again"
+                )
         if "precision" in new:
             self._precision = new["precision"]
         if "granularity" in new:
@@ -347,8 +375,167 @@ class BitNetLayer(nn.Module):
         Returns:
             ``(codes, scale)``: integer-valued float32 codes ``[out, in]`` and the float32
             scale ``[out, 1]`` or ``[1, 1]``; the layer computes with ``codes * scale``.
+            A frozen layer (:meth:`freeze_weight`) returns its given codes and scale.
         """
+        if self.frozen_codes is not None and self.frozen_scale is not None:
+            return self.frozen_codes.float(), self.frozen_scale.float().reshape(-1, 1)
         return qf.quantize_weight(self.weight.detach().float(), self._precision, self.eps, self.granularity)
+
+    # ----------------------------------------------------------------- given weights
+    @classmethod
+    def from_quantized(
+        cls,
+        codes: torch.Tensor,
+        scale: torch.Tensor | float,
+        bias: torch.Tensor | None = None,
+        *,
+        precision: float | int | str = 1.58,
+        **options: Any,
+    ) -> BitNetLayer:
+        """A layer that computes with given integer weight codes and scale.
+
+        The layer's output is ``quantize_act(x) @ (codes * scale)^T + bias`` exactly as for a
+        trained layer, but ``codes`` and ``scale`` are not recomputed from a float weight
+        (``layer.weight`` holds ``codes * scale``, frozen). They survive ``state_dict()``
+        round trips and are what :meth:`quant_params` and the exporters record.
+
+        Args:
+            codes: integer-valued ``[out_features, in_features]`` tensor, values in the
+                precision's range (ternary and binary: ``-1..1``; k-bit: ``±(2^(k-1)-1)``).
+            scale: positive finite scale, one value (per tensor) or ``[out_features]``
+                (per output channel); the dequantized weight is ``codes * scale``.
+            bias: optional ``[out_features]`` float bias.
+            precision: the codes' precision (default ternary).
+            **options: any of :data:`QUANT_OPTIONS` (activation options, ...).
+
+        Returns:
+            The new layer (float32, on ``codes``' device).
+
+        Raises:
+            QuantConfigError: codes that are not integers in range, a scale of the wrong
+                size or not positive and finite, a bias of the wrong shape, a bad option.
+        """
+        if not isinstance(codes, torch.Tensor) or codes.dim() != 2:
+            raise QuantConfigError(
+                "BitNetLayer.from_quantized: codes must be a 2-D [out_features, in_features] "
+                f"tensor, got {type(codes).__name__} of shape {tuple(getattr(codes, 'shape', ()))}"
+            )
+        out_f, in_f = (int(d) for d in codes.shape)
+        layer = cls(in_f, out_f, precision=precision, bias=bias is not None, **options)
+        layer.to(device=codes.device)
+        layer.freeze_weight(codes, scale)
+        if bias is not None and layer.bias is not None:
+            if tuple(bias.shape) != (out_f,):
+                raise QuantConfigError(
+                    f"BitNetLayer.from_quantized: bias of shape {tuple(bias.shape)} does not "
+                    f"match out_features={out_f}; pass a [{out_f}] tensor"
+                )
+            with torch.no_grad():
+                layer.bias.copy_(bias.detach().float())
+        return layer
+
+    def _check_codes(self, codes: torch.Tensor, precision: float | int, what: str) -> None:
+        qmin, qmax = qf.weight_qrange(precision)
+        c = codes.detach()
+        if c.is_floating_point() and not bool(torch.isfinite(c).all() and (c == torch.round(c)).all()):
+            raise QuantConfigError(f"{self._label()}: {what}: weight codes must be integers")
+        if c.numel() and (int(c.min()) < qmin or int(c.max()) > qmax):
+            raise QuantConfigError(
+                f"{self._label()}: {what}: weight codes span {int(c.min())}..{int(c.max())}, "
+                f"outside {qmin}..{qmax} of precision={precision}; pass codes of that precision "
+                "or call unfreeze_weight() first"
+            )
+        if precision == 1 and bool((c == 0).any()):
+            raise QuantConfigError(
+                f"{self._label()}: {what}: binary weight codes are -1 or +1, never 0; "
+                "use precision=1.58 (ternary) for codes with zeros"
+            )
+
+    @torch.no_grad()
+    def freeze_weight(
+        self, codes: torch.Tensor | None = None, scale: torch.Tensor | float | None = None
+    ) -> BitNetLayer:
+        """Compute with fixed integer codes and scale from now on.
+
+        Without arguments the current quantization of ``layer.weight`` is frozen. With
+        ``codes`` and ``scale`` (e.g. a BitNet checkpoint's ternary weights) the layer computes
+        with exactly those. ``layer.weight`` is set to ``codes * scale`` and stops requiring
+        gradients; :meth:`unfreeze_weight` makes it a trainable latent weight again.
+
+        Args:
+            codes: integer-valued ``[out_features, in_features]`` tensor in the range of the
+                layer's precision.
+            scale: positive finite scale: one value, or ``[out_features]`` values.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            QuantConfigError: only one of ``codes`` / ``scale`` given, wrong shapes, codes out
+                of range, or a scale that is not positive and finite.
+        """
+        if (codes is None) != (scale is None):
+            raise QuantConfigError(f"{self._label()}: freeze_weight() needs both codes and scale, or neither")
+        if codes is None or scale is None:
+            codes, scale = self.quantize_weight()
+        scale_t = torch.as_tensor(scale, dtype=torch.float32).detach().reshape(-1)
+        expected = (self.output_dim, self.input_dim)
+        if tuple(codes.shape) != expected:
+            raise QuantConfigError(
+                f"{self._label()}: freeze_weight: codes of shape {tuple(codes.shape)}, expected "
+                f"[out_features, in_features] = {list(expected)}"
+            )
+        if scale_t.numel() not in (1, self.output_dim):
+            raise QuantConfigError(
+                f"{self._label()}: freeze_weight: scale has {scale_t.numel()} values; give one "
+                f"(per tensor) or out_features={self.output_dim} (per channel)"
+            )
+        if not bool((torch.isfinite(scale_t) & (scale_t > 0)).all()):
+            raise QuantConfigError(
+                f"{self._label()}: freeze_weight: the weight scale must be positive and finite, "
+                f"got {scale_t.tolist()[:4]}"
+            )
+        self._check_codes(codes, self._precision, "freeze_weight")
+        device = self.weight.device
+        self.frozen_codes = codes.detach().to(device=device, dtype=torch.int8).clone()
+        self.frozen_scale = scale_t.to(device=device).clone()
+        self._granularity = self.granularity
+        self.weight.copy_(self.frozen_codes.float() * self.frozen_scale.reshape(-1, 1))
+        self.weight.requires_grad_(False)
+        return self
+
+    def unfreeze_weight(self) -> BitNetLayer:
+        """Quantize ``layer.weight`` on the fly again (it keeps ``codes * scale``, trainable)."""
+        self.frozen_codes = None
+        self.frozen_scale = None
+        self._granularity = None
+        self.weight.requires_grad_(True)
+        return self
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # a checkpoint of a frozen layer loads into any layer (and a non-frozen one unfreezes):
+        # make room for the frozen buffers, or drop them, before the base class copies
+        codes = state_dict.get(prefix + "frozen_codes")
+        scale = state_dict.get(prefix + "frozen_scale")
+        device = self.weight.device
+        if isinstance(codes, torch.Tensor) and isinstance(scale, torch.Tensor):
+            self.frozen_codes = torch.zeros(codes.shape, dtype=torch.int8, device=device)
+            self.frozen_scale = torch.ones(scale.shape, dtype=torch.float32, device=device)
+            self.weight.requires_grad_(False)
+        elif self.frozen_codes is not None and prefix + "weight" in state_dict:
+            self.unfreeze_weight()
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def quant_params(self) -> LayerQuantParams:
         """Freeze and return every quantization parameter this layer computes with.
