@@ -39,6 +39,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import os
+import pickle
+import select
+import struct
+import subprocess
+import sys
+import tempfile
+import time
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -166,12 +174,95 @@ def _freeze(case: Any, inputs: list[np.ndarray]) -> tuple[onnx.ModelProto, dict[
     return model, feeds
 
 
-def _run_litert(data: bytes, feeds: dict[str, np.ndarray], resolver: str) -> dict[str, np.ndarray]:
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+#: The LiteRT worker: a separate process, since a LiteRT kernel may abort() on a model it does
+#: not accept (a CHECK failure kills the process; it must fail one case, not the test session).
+_WORKER_SRC: Final = r"""
+import os, pickle, struct, sys
+proto_out = os.fdopen(os.dup(1), "wb")  # the protocol channel; C++ logging to fd 1 -> stderr
+os.dup2(2, 1)
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+inp = sys.stdin.buffer
+while True:
+    head = inp.read(8)
+    if len(head) < 8:
+        break
+    data, feeds, resolver = pickle.loads(inp.read(struct.unpack("<Q", head)[0]))
+    try:
+        interp = Interpreter(
+            model_content=data, experimental_op_resolver_type=getattr(OpResolverType, resolver)
+        )
+        runner = interp.get_signature_runner("serving_default")
+        res = ("ok", {k: v.copy() for k, v in runner(**feeds).items()})
+    except Exception as exc:
+        res = ("error", f"{type(exc).__name__}: {exc}")
+    blob = pickle.dumps(res)
+    proto_out.write(struct.pack("<Q", len(blob)) + blob)
+    proto_out.flush()
+"""
+#: Seconds one LiteRT run may take before the worker is killed (a hang fails the case).
+_WORKER_TIMEOUT_S: Final = 60.0
 
-    interp = Interpreter(model_content=data, experimental_op_resolver_type=getattr(OpResolverType, resolver))
-    runner = interp.get_signature_runner("serving_default")
-    return dict(runner(**feeds))
+
+class _LiteRTWorker:
+    """A LiteRT process fed (model, feeds, resolver) by pickle; restarted after a crash."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr: Any = None
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        if self._proc is None or self._proc.poll() is not None:
+            self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the worker)
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", _WORKER_SRC],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+            )
+        return self._proc
+
+    def _read(self, proc: subprocess.Popen[bytes], n: int) -> bytes:
+        assert proc.stdout is not None
+        buf = b""
+        deadline = time.monotonic() + _WORKER_TIMEOUT_S
+        fd = proc.stdout.fileno()
+        while len(buf) < n:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([fd], [], [], max(left, 0))
+            if not ready:
+                proc.kill()
+                raise RuntimeError(f"LiteRT did not answer within {_WORKER_TIMEOUT_S:.0f} s (killed)")
+            chunk = os.read(fd, n - len(buf))
+            if not chunk:
+                proc.wait()
+                self._stderr.seek(0)
+                tail = self._stderr.read().decode(errors="replace").strip().splitlines()[-3:]
+                raise RuntimeError(f"LiteRT crashed (exit {proc.returncode}): {' | '.join(tail)}")
+            buf += chunk
+        return buf
+
+    def run(self, data: bytes, feeds: dict[str, np.ndarray], resolver: str) -> dict[str, np.ndarray]:
+        proc = self._start()
+        assert proc.stdin is not None
+        blob = pickle.dumps((data, feeds, resolver))
+        try:
+            proc.stdin.write(struct.pack("<Q", len(blob)) + blob)
+            proc.stdin.flush()
+        except BrokenPipeError:
+            self._proc = None
+            raise RuntimeError("LiteRT worker died before the case") from None
+        (size,) = struct.unpack("<Q", self._read(proc, 8))
+        status, payload = pickle.loads(self._read(proc, size))
+        if status != "ok":
+            raise RuntimeError(payload)
+        return dict(payload)
+
+
+_WORKER = _LiteRTWorker()
+
+
+def _run_litert(data: bytes, feeds: dict[str, np.ndarray], resolver: str) -> dict[str, np.ndarray]:
+    return _WORKER.run(data, feeds, resolver)
 
 
 def _compare(name: str, got: np.ndarray, want: np.ndarray, rtol: float, atol: float) -> str | None:
@@ -210,8 +301,8 @@ def run_case(case: Any) -> Outcome:
         for resolver in RESOLVERS:
             try:
                 got = _run_litert(data, feeds, resolver)
-            except Exception as exc:
-                return Outcome(case.name, op, "fail", f"LiteRT {resolver}: {type(exc).__name__}: {exc}")
+            except Exception as exc:  # a LiteRT error, crash or hang
+                return Outcome(case.name, op, "fail", f"LiteRT {resolver}: {exc}")
             for oname, want in zip(out_names, expected, strict=False):
                 if oname not in got:
                     return Outcome(case.name, op, "fail", f"LiteRT {resolver}: no output {oname!r}")
