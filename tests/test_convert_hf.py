@@ -446,4 +446,13 @@ def test_converted_hf_model_exports_to_onnx(tmp_path: Path) -> None:
         )
     except be.ExportError as exc:  # capture of HF models is being extended separately
         pytest.xfail(f"capture of the transformers model failed: {str(exc)[:300]}")
-    assert Path(result.path).is_file()
+    assert Path(result.path).is_file() and len(result.layers) == 14
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: ids.numpy()})[0])
+    ref = _logits(model, ids)
+    per_position = (got - ref).abs().amax(dim=-1) / float(ref.abs().max())
+    # float32 rounding everywhere except positions behind an activation code at a rounding tie
+    # (ORT's norms and softmax round differently from PyTorch's; measured: 1 of 24 positions)
+    assert float(per_position.median()) <= REL_BOUND
+    assert float(per_position.max()) <= 1e-2
