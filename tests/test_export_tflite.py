@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from reference import numpy_tflite
 from torch import nn
 
@@ -281,15 +282,18 @@ class Unsupported(nn.Module):
         self.fc2 = bx.BitNetLayer(8, 8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.exp(self.fc(x)) + torch.sin(x)
-        return torch.exp(self.fc2(h))
+        # ONNX Det (twice) and GridSample: ops without a TFLite builtin
+        h = torch.linalg.det(self.fc(x).reshape(2, 2, 2, 2)).repeat(1, 4)
+        grid = x.reshape(2, 2, 2, 2).tanh()
+        g = F.grid_sample(h.reshape(2, 1, 2, 4), grid, align_corners=False)
+        return torch.linalg.det(self.fc2(h).reshape(2, 2, 2, 2)) + g.reshape(2, 4)[:, :2]
 
 
 def test_unsupported_ops_listed_at_once(tmp_path):
     with pytest.raises(ExportError) as err:
         bx.export_tflite(Unsupported(), torch.randn(2, 8), tmp_path / "u.tflite")
     msg = str(err.value)
-    assert "ONNX Exp: 2 use(s)" in msg and "ONNX Sin: 1 use(s)" in msg
+    assert "ONNX Det: 2 use(s)" in msg and "ONNX GridSample: 1 use(s)" in msg
     assert "pre-flight op analysis for tflite" in msg and "Nothing was written" in msg
     assert list(tmp_path.iterdir()) == []
 

@@ -15,13 +15,15 @@ from typing import Any
 import onnx_ir as ir
 
 from bitnet_export._version import __version__
+from bitnet_export.backends._storage import check_storage
 from bitnet_export.backends.tflite import lower_bitlinear as _lower_bitlinear  # noqa: F401 (registers)
 from bitnet_export.backends.tflite import ops as _ops  # noqa: F401 (registers)
 from bitnet_export.backends.tflite.context import LoweringContext
 from bitnet_export.backends.tflite.flatbuffer import TflModelBuilder
 from bitnet_export.backends.tflite.registry import CHECKS, LOWERINGS
+from bitnet_export.capture.bitlinear_op import is_bitlinear, read_bitlinear
 from bitnet_export.capture.preflight import format_problems
-from bitnet_export.errors import ExportError
+from bitnet_export.errors import BitNetExportError, ExportError, InternalError
 from bitnet_export.passes.name_nodes import module_path_of
 from bitnet_export.quant.params import LayerQuantParams
 
@@ -30,15 +32,45 @@ __all__ = ["TFLITE_WEIGHT_MODES", "check_supported", "convert_hub"]
 TFLITE_WEIGHT_MODES = ("int8", "int4", "int2")
 
 
-def check_supported(graph: ir.Graph) -> None:
+def _layer_problems(graph: ir.Graph, weights: str) -> list[str]:
+    """Every BitNetLayer the TFLite kernels cannot take as recorded (storage, activation bits)."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    for node in graph:
+        if not is_bitlinear(node):
+            continue
+        p = read_bitlinear(node)
+        if p.module_path in seen:  # a layer called twice: one report
+            continue
+        seen.add(p.module_path)
+        try:
+            check_storage(p, weights)
+        except ExportError as exc:
+            problems.append(str(exc))
+        if p.input.bits != 8:
+            kind = (
+                "full-integer FC takes int8 activations"
+                if p.input.mode == "static"
+                else ("hybrid FC quantizes rows to 8 bits")
+            )
+            problems.append(
+                f"layer {p.module_path!r} (BitNetLayer): TFLite's {kind}; activation_bits="
+                f"{p.input.bits} is not supported; use activation_bits=8"
+            )
+    return problems
+
+
+def check_supported(graph: ir.Graph, weights: str | None = None) -> None:
     """Raise one :class:`ExportError` listing every node the TFLite backend cannot lower.
 
-    Two kinds of problem, both found before anything is lowered: an op without a lowering,
-    and a node whose attributes, shapes or inputs the lowering's registered check refuses
-    (the op table's constraints, e.g. a Softmax over a dynamic axis).
+    Three kinds of problem, all found before anything is lowered: an op without a lowering,
+    a node whose attributes, shapes or inputs the lowering's registered check refuses (the op
+    table's constraints, e.g. a Softmax over a dynamic axis), and (with ``weights``) a
+    BitNetLayer the storage or TFLite's kernels cannot hold.
     """
     missing: dict[str, list[str]] = defaultdict(list)
     refused: dict[tuple[str, str], list[str]] = defaultdict(list)
+    layers = _layer_problems(graph, weights) if weights is not None else []
     for node in graph:
         key = (node.domain, node.op_type)
         op = f"{node.domain}.{node.op_type}" if node.domain else node.op_type
@@ -50,12 +82,13 @@ def check_supported(graph: ir.Graph) -> None:
         reason = check(node) if check is not None else None
         if reason:
             refused[(op, reason)].append(where)
-    if missing or refused:
+    if missing or refused or layers:
         problems = [f"ONNX {op}: {len(p)} use(s), e.g. in {p[0]}" for op, p in sorted(missing.items())]
         problems += [
             f"ONNX {op}: {reason} ({len(p)} use(s), e.g. in {p[0]})"
             for (op, reason), p in sorted(refused.items())
         ]
+        problems += layers
         supported = sorted({op for _, op in LOWERINGS})
         raise ExportError(
             format_problems(
@@ -93,7 +126,7 @@ def convert_hub(
             f"export_tflite: weights={weights!r}; choose one of {', '.join(TFLITE_WEIGHT_MODES)}"
         )
     graph = model.graph
-    check_supported(graph)
+    check_supported(graph, weights)
     builder = TflModelBuilder(description=f"bitnet_export {__version__}")
     ctx = LoweringContext(builder, batch, weights)
     for value in graph.inputs:
@@ -101,7 +134,17 @@ def convert_hub(
         builder.inputs.append(idx)
         builder.input_names.append(str(value.name))
     for node in graph:
-        LOWERINGS[(node.domain, node.op_type)](ctx, node)
+        try:
+            LOWERINGS[(node.domain, node.op_type)](ctx, node)
+        except BitNetExportError:
+            raise
+        except Exception as exc:  # a lowering the pre-flight accepted must not fail: our bug
+            where = module_path_of(node) or "<root>"
+            raise InternalError(
+                f"tflite backend: lowering ONNX {node.op_type} node {node.name!r} (in {where}) failed "
+                f"after the pre-flight accepted it: {type(exc).__name__}: {exc}. Please report it; "
+                "nothing was written"
+            ) from exc
     output_scales: dict[str, list[float]] = {}
     output_ranges: dict[str, list[float]] = {}
     for value in graph.outputs:

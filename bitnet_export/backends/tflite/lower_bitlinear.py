@@ -20,12 +20,10 @@ from typing import Final
 import numpy as np
 import onnx_ir as ir
 
-from bitnet_export.backends._storage import check_storage
 from bitnet_export.backends.tflite.context import Int8Alias, LoweringContext
 from bitnet_export.backends.tflite.flatbuffer import Quant
 from bitnet_export.backends.tflite.registry import lowers
 from bitnet_export.capture.bitlinear_op import DOMAIN, OP_TYPE, is_bitlinear, read_bitlinear
-from bitnet_export.errors import ExportError
 from bitnet_export.quant.params import LayerQuantParams
 
 __all__ = ["lower_bitlinear"]
@@ -35,7 +33,6 @@ _FC_VERSION: Final = {"float": 1, "int8": 7, "hybrid": 9, "int4": 13, "int2": 14
 
 
 def _weights(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams) -> int:
-    check_storage(p, ctx.weights)
     codes = p.weight.values
     scales = [float(s) for s in p.weight.scale]
     q = Quant(scales, [0] * len(scales), axis=0)
@@ -71,11 +68,7 @@ def _output_quant(node: ir.Node, p: LayerQuantParams) -> tuple[float, int]:
 def _full_integer(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams) -> None:
     a = p.input
     assert a.scale is not None and a.zero_point is not None and node.inputs[0] is not None
-    if (a.qmin, a.qmax) != (-128, 127):
-        raise ExportError(
-            f"layer {p.module_path!r} (BitNetLayer): TFLite full-integer FC takes int8 activations; "
-            f"activation_bits={a.bits} is not supported; use activation_bits=8"
-        )
+    # activation_bits=8 and the weight storage are checked by the pre-flight (convert.py)
     x = ctx.int8_tensor(node.inputs[0], a.scale, a.zero_point, node)
     w = _weights(ctx, node, p)
     s_w = np.broadcast_to(p.weight.scale.astype(np.float64), (p.out_features,))
@@ -117,11 +110,6 @@ def _full_integer(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams) -> N
 
 
 def _hybrid(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams) -> None:
-    if p.input.bits != 8:
-        raise ExportError(
-            f"layer {p.module_path!r} (BitNetLayer): TFLite's hybrid FC quantizes rows to 8 bits; "
-            f"activation_bits={p.input.bits} is not supported; use activation_bits=8"
-        )
     assert node.inputs[0] is not None
     x = ctx.float_tensor(node.inputs[0], node)
     w = _weights(ctx, node, p)
