@@ -138,12 +138,33 @@ def _all_cases() -> tuple[Any, ...]:
         return tuple(collect_testcases())
 
 
-def _is_float32_case(case: Any) -> bool:
+def _as_array(x: Any) -> np.ndarray | None:
+    """A case datum as an ndarray (``TensorProto``s and numpy scalars too); ``None``: not a tensor."""
+    if isinstance(x, onnx.TensorProto):
+        try:
+            return np.asarray(numpy_helper.to_array(x))
+        except Exception:  # a type numpy cannot hold
+            return None
+    if isinstance(x, np.ndarray | np.generic):
+        return np.asarray(x)
+    return None
+
+
+def _data_sets(case: Any) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:
+    """The case's (inputs, outputs) as ndarrays; empty when one of them is not a tensor."""
+    out = []
     for inputs, outputs in case.data_sets:
-        for arr in [*inputs, *outputs]:
-            if not isinstance(arr, np.ndarray) or arr.dtype not in _CASE_DTYPES:
-                return False
-    return bool(case.data_sets)
+        ins = [_as_array(x) for x in inputs]
+        outs = [_as_array(x) for x in outputs]
+        if any(a is None for a in [*ins, *outs]):
+            return []
+        out.append(([a for a in ins if a is not None], [a for a in outs if a is not None]))
+    return out
+
+
+def _is_float32_case(case: Any) -> bool:
+    sets = _data_sets(case)
+    return bool(sets) and all(a.dtype in _CASE_DTYPES for ins, outs in sets for a in [*ins, *outs])
 
 
 def float32_cases(op_types: Iterable[str]) -> list[Any]:
@@ -153,12 +174,15 @@ def float32_cases(op_types: Iterable[str]) -> list[Any]:
     return sorted(found, key=lambda c: c.name)
 
 
-def _freeze(case: Any, inputs: list[np.ndarray]) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    """The case's model with its shape-like inputs as initializers, and the remaining feeds."""
+def _freeze(
+    case: Any, inputs: list[np.ndarray], also: Iterable[int] = ()
+) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The case's model with its shape-like inputs (and inputs ``also``) as initializers, and
+    the remaining feeds."""
     model = onnx.ModelProto()
     model.CopyFrom(case.model)
     graph = model.graph
-    frozen = CONSTANT_INPUTS.get(op_type_of(case), ())
+    frozen = (*CONSTANT_INPUTS.get(op_type_of(case), ()), *also)
     node = graph.node[0]
     const_names = {node.input[i] for i in frozen if i < len(node.input) and node.input[i]}
     feeds: dict[str, np.ndarray] = {}
@@ -279,12 +303,19 @@ def _compare(name: str, got: np.ndarray, want: np.ndarray, rtol: float, atol: fl
     return None
 
 
-def run_case(case: Any) -> Outcome:
-    """Convert one ONNX node case to TFLite and compare LiteRT's outputs with the expected ones."""
+def run_case(case: Any, constant_inputs: Iterable[int] = ()) -> Outcome:
+    """Convert one ONNX node case to TFLite and compare LiteRT's outputs with the expected ones.
+
+    Args:
+        case: an ONNX node test case (``.name``, ``.model``, ``.data_sets``, ``.rtol``, ``.atol``).
+        constant_inputs: more node input positions to make initializers (weights, as in a hub:
+            a MatMul's B, a LayerNorm's scale), besides :data:`CONSTANT_INPUTS`.
+    """
     op = op_type_of(case)
     rtol, atol = max(RTOL, float(case.rtol)), max(ATOL, float(case.atol))
-    for inputs, expected in case.data_sets:
-        proto, feeds = _freeze(case, list(inputs))
+    also = tuple(constant_inputs)
+    for inputs, expected in _data_sets(case):
+        proto, feeds = _freeze(case, inputs, also)
         try:
             model = ir.from_proto(proto)
         except Exception as exc:  # not our bug, but not a pass either
@@ -306,7 +337,7 @@ def run_case(case: Any) -> Outcome:
             for oname, want in zip(out_names, expected, strict=False):
                 if oname not in got:
                     return Outcome(case.name, op, "fail", f"LiteRT {resolver}: no output {oname!r}")
-                bad = _compare(oname, got[oname], np.asarray(want), rtol, atol)
+                bad = _compare(oname, got[oname], want, rtol, atol)
                 if bad:
                     return Outcome(case.name, op, "fail", f"LiteRT {resolver}: {bad}")
     return Outcome(case.name, op, "pass")

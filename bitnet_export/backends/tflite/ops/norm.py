@@ -1,7 +1,13 @@
-"""Normalizations and softmax -> TFLite builtins (LayerNorm decomposed: no TFLite builtin).
+"""Normalizations and softmax -> TFLite builtins (LayerNorm/RMSNorm decomposed: no TFLite builtin).
+
+Softmax and LogSoftmax normalize the last axis in TFLite; another axis is swapped last by a
+TRANSPOSE and back (opset >= 13), or the input is RESHAPEd to 2-D at ``axis`` (opset < 13,
+whose Softmax normalizes the flattened trailing dims).
 
 Numerics: LayerNormalization becomes MEAN / SUB / MUL / MEAN / ADD / RSQRT / MUL, which rounds
-differently from ONNX Runtime's fused kernel by a few ulps.
+differently from ONNX Runtime's fused kernel (and numpy's ``1 / sqrt``) by a few ulps. The hub
+of an HF Llama/BitNet RMSNorm arrives as Pow / ReduceMean / Add / Sqrt / Reciprocal / Mul and is
+lowered op by op; the opset-23 RMSNormalization op is decomposed here the same way.
 """
 
 from __future__ import annotations
@@ -10,75 +16,201 @@ import numpy as np
 import onnx_ir as ir
 
 from bitnet_export.backends.tflite.context import LoweringContext, node_input
+from bitnet_export.backends.tflite.ops._util import (
+    all_checks,
+    attr_float,
+    attr_int,
+    int_constant,
+    normalize_axis,
+    opset,
+    optional_input,
+    rank,
+    shapes_known,
+    static_dims,
+    temp,
+)
 from bitnet_export.backends.tflite.registry import lowers
-from bitnet_export.errors import ExportError
 
 __all__: list[str] = []
 
-
-@lowers("Softmax")
-def lower_softmax(ctx: LoweringContext, node: ir.Node) -> None:
-    """``Softmax(x, axis=-1)`` -> SOFTMAX(beta=1) (TFLite normalizes the last axis only)."""
-    attr = node.attributes.get("axis")
-    axis = attr.as_int() if attr is not None else -1
-    dims, _ = ctx.shape(node_input(node, 0))
-    if axis not in (-1, len(dims) - 1):
-        raise ExportError(f"tflite backend: Softmax {node.name!r} over axis {axis}; only the last axis")
-    x = ctx.float_tensor(node_input(node, 0), node)
-    out = ctx.new_float(node.outputs[0])
-    ctx.builder.add_op("SOFTMAX", [x], [out], name=node.name, beta=1.0)
+_FLOATS = (ir.DataType.FLOAT, ir.DataType.DOUBLE)
 
 
-@lowers("LayerNormalization")
-def lower_layer_norm(ctx: LoweringContext, node: ir.Node) -> None:
-    """``LayerNormalization(x, scale, bias, axis=-1, epsilon)``, decomposed (no TFLite builtin).
+def _check_float(node: ir.Node) -> str | None:
+    v = node_input(node, 0)
+    if v.dtype is not None and v.dtype not in _FLOATS:
+        return f"input of type {v.dtype.name}; the float lowering takes float32"
+    return None
 
-    ``mean = MEAN(x)``, ``var = MEAN(SQUARED_DIFFERENCE(x, mean))``,
-    ``y = (x - mean) * RSQRT(var + eps) * scale + bias``, all over the last axis.
-    """
-    x_val = node_input(node, 0)
+
+def _softmax_axis(node: ir.Node) -> int:
+    r = rank(node_input(node, 0))
+    return normalize_axis(attr_int(node, "axis", 1 if opset(node) < 13 else -1), r)
+
+
+def _check_softmax(node: ir.Node) -> str | None:
+    r = rank(node_input(node, 0))
+    if r > 6:
+        return f"rank {r}; the axis TRANSPOSE takes at most 6 dims"
+    if opset(node) < 13:
+        dims = static_dims(node_input(node, 0)) or []
+        if sum(d is None for d in dims) > 1:
+            return "several symbolic dims; the opset < 13 form RESHAPEs to 2-D"
+    return None
+
+
+def _lower_softmax(ctx: LoweringContext, node: ir.Node, kind: str, **options: object) -> None:
+    """``kind`` (SOFTMAX / LOG_SOFTMAX, last axis) applied on the node's axis."""
+    x_val, out_val = node_input(node, 0), node.outputs[0]
     dims, sig = ctx.shape(x_val)
-    axis_attr = node.attributes.get("axis")
-    axis = axis_attr.as_int() if axis_attr is not None else -1
-    if axis not in (-1, len(dims) - 1):
-        raise ExportError(
-            f"tflite backend: LayerNormalization {node.name!r} over axis {axis}; only the last axis"
-        )
-    eps_attr = node.attributes.get("epsilon")
-    eps = eps_attr.as_float() if eps_attr is not None else 1e-5
+    r = len(dims)
+    axis = _softmax_axis(node)
     b = ctx.builder
-    x = ctx.float_tensor(x_val, node)
-    red_dims, red_sig = [*dims[:-1], 1], [*sig[:-1], 1]
-
-    def tmp(role: str, full: bool = True) -> int:
-        return b.add_tensor(
-            ctx.name(node, role),
-            dims if full else red_dims,
-            "float32",
-            shape_signature=sig if full else red_sig,
+    x = ctx.tensor(x_val, node)
+    if axis == r - 1 or r == 0:
+        b.add_op(kind, [x], [ctx.new_float(out_val)], name=node.name, **options)
+        return
+    if opset(node) < 13:  # coerced to 2-D: [prod(dims[:axis]), prod(dims[axis:])]
+        inner = int(np.prod(dims[axis:]))
+        flat_sig = [-1 if -1 in sig[:axis] else int(np.prod(dims[:axis])), inner]
+        flat_dims = [int(np.prod(dims[:axis])), inner]
+        flat = temp(ctx, node, "flat", flat_dims, "float32", flat_sig)
+        b.add_op("RESHAPE", [x, int_constant(ctx, node, "flat_shape", flat_sig)], [flat], newShape=flat_sig)
+        normed = temp(ctx, node, "flat_normalized", flat_dims, "float32", flat_sig)
+        b.add_op(kind, [flat], [normed], name=node.name, **options)
+        b.add_op(
+            "RESHAPE", [normed, int_constant(ctx, node, "shape", sig)], [ctx.new_float(out_val)], newShape=sig
         )
+        return
+    perm = list(range(r))
+    perm[axis], perm[-1] = perm[-1], perm[axis]  # a swap: its own inverse
+    p_dims, p_sig = [dims[i] for i in perm], [sig[i] for i in perm]
+    perm_t = int_constant(ctx, node, "perm", perm)
+    moved, normed = (
+        temp(ctx, node, "axis_last", p_dims, "float32", p_sig),
+        temp(ctx, node, "normalized", p_dims, "float32", p_sig),
+    )
+    b.add_op("TRANSPOSE", [x, perm_t], [moved])
+    b.add_op(kind, [moved], [normed], name=node.name, **options)
+    b.add_op("TRANSPOSE", [normed, perm_t], [ctx.new_float(out_val)])
 
-    axes = b.add_constant(ctx.name(node, "axes"), np.array([len(dims) - 1], dtype=np.int32))
-    mean, centered, sq, var = tmp("mean", False), tmp("centered"), tmp("squared"), tmp("var", False)
-    b.add_op("MEAN", [x, axes], [mean], keepDims=True)
-    b.add_op("SUB", [x, mean], [centered], fusedActivationFunction=0)
-    b.add_op("MUL", [centered, centered], [sq], fusedActivationFunction=0)
-    b.add_op("MEAN", [sq, axes], [var], keepDims=True)
-    eps_t = b.add_constant(ctx.name(node, "epsilon"), np.array([eps], dtype=np.float32))
-    var_eps, inv = tmp("var_eps", False), tmp("inv_std", False)
-    b.add_op("ADD", [var, eps_t], [var_eps], fusedActivationFunction=0)
-    b.add_op("RSQRT", [var_eps], [inv])
-    normed = tmp("normalized")
-    b.add_op("MUL", [centered, inv], [normed], fusedActivationFunction=0)
-    cur = normed
-    scale_v = node.inputs[1] if len(node.inputs) > 1 else None
-    bias_v = node.inputs[2] if len(node.inputs) > 2 else None
+
+_CHECK_SOFTMAX = all_checks(shapes_known, _check_float, _check_softmax)
+
+
+@lowers("Softmax", check=_CHECK_SOFTMAX)
+def lower_softmax(ctx: LoweringContext, node: ir.Node) -> None:
+    """``Softmax(x, axis)`` -> SOFTMAX(beta=1): ``exp(x - max) / sum(exp(x - max))``, as ONNX."""
+    _lower_softmax(ctx, node, "SOFTMAX", beta=1.0)
+
+
+@lowers("LogSoftmax", check=_CHECK_SOFTMAX)
+def lower_log_softmax(ctx: LoweringContext, node: ir.Node) -> None:
+    """``LogSoftmax(x, axis)`` -> LOG_SOFTMAX: ``x - max - log(sum(exp(x - max)))``, as ONNX."""
+    _lower_softmax(ctx, node, "LOG_SOFTMAX")
+
+
+# ---------------------------------------------------------------------------- layer / RMS norms
+
+
+def _check_norm_scale(node: ir.Node) -> str | None:
+    """Check: rank within the broadcasting kernels' 6 dims."""
+    r = rank(node_input(node, 0))
+    if r > 6:
+        return f"rank {r}; TFLite broadcasting MUL/ADD take at most 6 dims"
+    return None
+
+
+def _affine(
+    ctx: LoweringContext, node: ir.Node, cur: int, out_val: ir.Value, scale_i: int, bias_i: int
+) -> None:
+    """``cur * scale + bias`` into ``out_val``'s tensor (inputs ``scale_i``, ``bias_i`` optional)."""
+    b = ctx.builder
+    dims, sig = ctx.shape(out_val)
+    scale_v, bias_v = optional_input(node, scale_i), optional_input(node, bias_i)
     if scale_v is not None:
-        scaled = tmp("scaled") if bias_v is not None else ctx.new_float(node.outputs[0])
-        b.add_op("MUL", [cur, ctx.float_tensor(scale_v, node)], [scaled], fusedActivationFunction=0)
+        scaled = (
+            temp(ctx, node, "scaled", dims, "float32", sig) if bias_v is not None else ctx.new_float(out_val)
+        )
+        b.add_op("MUL", [cur, ctx.tensor(scale_v, node)], [scaled], fusedActivationFunction=0)
         cur = scaled
     if bias_v is not None:
-        out = ctx.new_float(node.outputs[0])
-        b.add_op("ADD", [cur, ctx.float_tensor(bias_v, node)], [out], fusedActivationFunction=0)
+        b.add_op("ADD", [cur, ctx.tensor(bias_v, node)], [ctx.new_float(out_val)], fusedActivationFunction=0)
     elif scale_v is None:
-        ctx.floats[id(node.outputs[0])] = cur
+        ctx.bind(out_val, cur)
+
+
+def _norm_axes(node: ir.Node) -> list[int]:
+    r = rank(node_input(node, 0))
+    return list(range(normalize_axis(attr_int(node, "axis", -1), r), r))
+
+
+@lowers("LayerNormalization", check=all_checks(shapes_known, _check_float, _check_norm_scale))
+def lower_layer_norm(ctx: LoweringContext, node: ir.Node) -> None:
+    """``LayerNormalization(X, Scale, B, axis=-1, epsilon=1e-5) -> Y, Mean, InvStdDev``, decomposed.
+
+    Over the dims ``[axis, rank)``: ``mean = MEAN(x)``, ``d = x - mean``, ``var = MEAN(d*d)``,
+    ``inv = RSQRT(var + eps)``, ``y = d * inv * scale + bias``. The optional Mean and InvStdDev
+    outputs are the kept-dims intermediates.
+    """
+    x_val, out_val = node_input(node, 0), node.outputs[0]
+    dims, sig = ctx.shape(x_val)
+    axes = _norm_axes(node)
+    eps = attr_float(node, "epsilon", 1e-5)
+    b = ctx.builder
+    x = ctx.tensor(x_val, node)
+    red_dims = [1 if i in axes else d for i, d in enumerate(dims)]
+    red_sig = [1 if i in axes else d for i, d in enumerate(sig)]
+    mean_out = node.outputs[1] if len(node.outputs) > 1 and node.outputs[1].name else None
+    inv_out = node.outputs[2] if len(node.outputs) > 2 and node.outputs[2].name else None
+
+    def full(role: str) -> int:
+        return temp(ctx, node, role, dims, "float32", sig)
+
+    def reduced(role: str) -> int:
+        return temp(ctx, node, role, red_dims, "float32", red_sig)
+
+    axes_t = int_constant(ctx, node, "axes", axes)
+    mean = ctx.new_float(mean_out) if mean_out is not None else reduced("mean")
+    b.add_op("MEAN", [x, axes_t], [mean], keepDims=True)
+    centered, sq, var = full("centered"), full("squared"), reduced("var")
+    b.add_op("SUB", [x, mean], [centered], fusedActivationFunction=0)
+    b.add_op("MUL", [centered, centered], [sq], fusedActivationFunction=0)
+    b.add_op("MEAN", [sq, axes_t], [var], keepDims=True)
+    eps_t = b.add_constant(f"{node.name or 'LayerNorm'}/epsilon", np.array([eps], dtype=np.float32))
+    var_eps = reduced("var_eps")
+    inv = ctx.new_float(inv_out) if inv_out is not None else reduced("inv_std")
+    b.add_op("ADD", [var, eps_t], [var_eps], fusedActivationFunction=0)
+    b.add_op("RSQRT", [var_eps], [inv])  # RSQRT vs ONNX's 1/sqrt: <= 2 ulps apart
+    normed = full("normalized")
+    b.add_op("MUL", [centered, inv], [normed], fusedActivationFunction=0)
+    _affine(ctx, node, normed, out_val, 1, 2)
+
+
+@lowers("RMSNormalization", check=all_checks(shapes_known, _check_float, _check_norm_scale))
+def lower_rms_norm(ctx: LoweringContext, node: ir.Node) -> None:
+    """``RMSNormalization(X, scale, axis=-1, epsilon=1e-5)`` (opset 23), decomposed.
+
+    Over the dims ``[axis, rank)``: ``y = x * RSQRT(MEAN(x*x) + eps) * scale``. ONNX writes
+    ``x * (1 / sqrt(...))``; RSQRT is the same value within 2 ulps.
+    """
+    x_val, out_val = node_input(node, 0), node.outputs[0]
+    dims, sig = ctx.shape(x_val)
+    axes = _norm_axes(node)
+    eps = attr_float(node, "epsilon", 1e-5)
+    b = ctx.builder
+    x = ctx.tensor(x_val, node)
+    red_dims = [1 if i in axes else d for i, d in enumerate(dims)]
+    red_sig = [1 if i in axes else d for i, d in enumerate(sig)]
+    sq = temp(ctx, node, "squared", dims, "float32", sig)
+    ms, ms_eps, inv = (
+        temp(ctx, node, r, red_dims, "float32", red_sig) for r in ("mean_square", "ms_eps", "inv_rms")
+    )
+    b.add_op("MUL", [x, x], [sq], fusedActivationFunction=0)
+    b.add_op("MEAN", [sq, int_constant(ctx, node, "axes", axes)], [ms], keepDims=True)
+    eps_t = b.add_constant(f"{node.name or 'RMSNorm'}/epsilon", np.array([eps], dtype=np.float32))
+    b.add_op("ADD", [ms, eps_t], [ms_eps], fusedActivationFunction=0)
+    b.add_op("RSQRT", [ms_eps], [inv])
+    normed = temp(ctx, node, "normalized", dims, "float32", sig)
+    b.add_op("MUL", [x, inv], [normed], fusedActivationFunction=0)
+    _affine(ctx, node, normed, out_val, 1, 2)
