@@ -656,6 +656,8 @@ class BitNetLayer(nn.Module):
         if exact is not None and blend == 1.0 and not (self.training and wants_grad):
             # inference: the integer form, computed in the exported graphs' order
             y = exact()
+            if self.activation_mode == "static":  # a TFLite reference: int8 outputs as the file's
+                y = qf.requantize_output(self.module_path, y)
             if wants_grad:  # eval mode with autograd on: keep the STE gradient
                 y_float = F.linear(x_used, w_used, self.bias)
                 y = y.detach() + (y_float - y_float.detach())

@@ -17,7 +17,8 @@ from bitnet_export.capture.outputs import flatten_outputs
 from bitnet_export.parity.metrics import compare
 from bitnet_export.parity.report import ParityReport, TargetResult, Tolerance
 from bitnet_export.parity.tolerances import tolerance_for, tolerance_vs_cpu, tolerance_vs_host
-from bitnet_export.quant.functional import RoundingMode, activation_rounding
+from bitnet_export.quant.functional import RoundingMode, activation_rounding, output_requantization
+from bitnet_export.training.convert import name_layers
 from runtimes import make_adapter
 from runtimes.protocol import RuntimeAdapter
 
@@ -49,7 +50,10 @@ def seeded_inputs(example_inputs: Sequence[torch.Tensor], seed: int = 0) -> tupl
 
 @torch.no_grad()
 def reference_outputs(
-    model: nn.Module, inputs: Sequence[torch.Tensor], rounding: RoundingMode = "half_even"
+    model: nn.Module,
+    inputs: Sequence[torch.Tensor],
+    rounding: RoundingMode = "half_even",
+    requantized: Mapping[str, tuple[float, int]] | None = None,
 ) -> list[np.ndarray]:
     """PyTorch's outputs (eval mode, no grad: BitNetLayer's integer inference form).
 
@@ -58,11 +62,15 @@ def reference_outputs(
         inputs: positional inputs.
         rounding: activation rounding of the reference: ``half_even`` (BitNet, ONNX) or
             ``half_away`` (TFLite's ``std::round``); they differ only on exact .5 ties.
+        requantized: static layers whose outputs the file requantizes to int8 at their own
+            calibrated range (TFLite full-integer FCs feeding float ops): module path ->
+            ``(scale, zero point)``; the reference does the same.
     """
     was_training = model.training
     model.eval()
+    name_layers(model)  # the layers' module paths key ``requantized``
     try:
-        with activation_rounding(rounding):
+        with activation_rounding(rounding), output_requantization(dict(requantized or {})):
             out = model(*inputs)
     finally:
         model.train(was_training)
@@ -79,6 +87,8 @@ class _FileFacts:
     ranges: dict[str, Any]
     #: the file's outputs in the model's (pytree) order; empty for files written before 0.x
     outputs: list[str]
+    #: TFLite: static layers requantized to their own output range (see reference_outputs)
+    requantized: dict[str, tuple[float, int]]
 
 
 def _file_facts(path: Path) -> _FileFacts:
@@ -93,6 +103,10 @@ def _file_facts(path: Path) -> _FileFacts:
         scales=json.loads(meta.get("bitnet_export.output_scales", "{}")),
         ranges=json.loads(meta.get("bitnet_export.output_ranges", "{}")),
         outputs=json.loads(meta.get("bitnet_export.outputs", "[]")),
+        requantized={
+            k: (float(v[0]), int(v[1]))
+            for k, v in json.loads(meta.get("bitnet_export.requantized_outputs", "{}")).items()
+        },
     )
 
 
@@ -193,8 +207,10 @@ def _run_file(
     # TFLite's kernels round activation codes half away from zero (std::round), ONNX half to
     # even like torch.round: the reference follows the file's format on exact .5 ties
     rounding: RoundingMode = "half_away" if facts.format == "tflite" else "half_even"
-    ref = reference_outputs(model, inputs, rounding)
+    ref = reference_outputs(model, inputs, rounding, facts.requantized)
     ref_name = "pytorch" if rounding == "half_even" else "pytorch (ties rounded away from zero)"
+    if facts.requantized:
+        ref_name = ref_name[:-1] + ", int8 layer outputs as in the file)"
     results = []
     for target in targets:
         adapter = make_adapter(target) if isinstance(target, str) else target

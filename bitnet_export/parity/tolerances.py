@@ -19,7 +19,13 @@ Why each bound is what it is:
   (simulated with a 3-ulp error on every division: <= 4.6e-3 on the test models).
 * TFLite full-integer (static): int8 outputs; compared with PyTorch clipped to the int8 output
   range, in LSBs of the output scale: ``<= 3`` (measured: 0.8 on BitNet MLPs, 2.96 with a
-  LayerNorm/GELU/residual block in between).
+  LayerNorm/GELU/residual block in between). Where a static layer's int8 output feeds float ops
+  the file requantizes it to the layer's calibrated range, and so does the reference
+  (``reference_outputs(requantized=...)``): litert-reference is then 0 LSB on HF Llama/BitNet
+  LMs, BERT, ViT and the CNNs. The optimized builtin kernel rounds ~3% of requantized codes
+  one LSB up (FIELD_NOTES); in a deep graph those flips pass through norms and attention, which
+  amplify them: ``<= 8`` LSB and cosine ``>= 0.999`` there (measured 6.0 on a 2-layer HF BitNet
+  LM, whose sub-norms rescale small activations, 2.0 on Llama, 1.0 on the tiny LM and CNN).
 """
 
 from __future__ import annotations
@@ -55,6 +61,14 @@ _FULL_INTEGER = Tolerance(
     min_cosine=0.999,
     note="int8 output: 0.5 LSB of rounding plus rare +-1 flips of intermediate int8 codes "
     "(bias and multiplier rounding), amplified by float ops between layers (measured <= 2.96)",
+)
+
+
+_FULL_INTEGER_BUILTIN = Tolerance(
+    max_lsb=8.0,
+    min_cosine=0.999,
+    note="optimized builtin int8 FC: ~3% of requantized codes one LSB up, amplified by norms and "
+    "attention between layers (measured <= 6.0 on an HF BitNet LM; litert-reference: 0)",
 )
 
 
@@ -107,7 +121,7 @@ def tolerance_for(
         return _GPU_FLOAT_KERNELS
     if fmt == "tflite":
         if "static" in modes:
-            return _FULL_INTEGER
+            return _FULL_INTEGER_BUILTIN if runtime == "litert-builtin" else _FULL_INTEGER
         # CompiledModel's CPU accelerator is XNNPACK too
         return _HYBRID_XNNPACK if runtime in ("litert-xnnpack", "litert-compiled-cpu") else _HYBRID
     if weights == "matmulnbits":

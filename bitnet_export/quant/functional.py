@@ -9,7 +9,7 @@ weight's shape and a float32 ``scale`` of shape ``[out, 1]`` (per channel) or ``
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Literal
 
 import torch
@@ -21,12 +21,14 @@ __all__ = [
     "activation_qrange",
     "activation_rounding",
     "dequantize_static",
+    "output_requantization",
     "quantize_dynamic_per_token",
     "quantize_static",
     "quantize_weight",
     "quantize_weight_binary",
     "quantize_weight_int",
     "quantize_weight_ternary",
+    "requantize_output",
     "round_activation",
     "static_qparams",
     "weight_qrange",
@@ -50,6 +52,35 @@ def activation_rounding(mode: RoundingMode) -> Iterator[None]:
         yield
     finally:
         _ACTIVATION_ROUNDING.pop()
+
+
+_OUTPUT_REQUANT: list[Mapping[str, tuple[float, int]]] = [{}]
+
+
+@contextlib.contextmanager
+def output_requantization(outputs: Mapping[str, tuple[float, int]]) -> Iterator[None]:
+    """Temporarily quantize the outputs of the named static layers to int8 and back.
+
+    ``outputs`` maps module paths to ``(scale, zero_point)``. A TFLite full-integer
+    FULLY_CONNECTED produces int8: where a static layer's output leaves the int8 chain (it
+    feeds float ops), the file requantizes it to the layer's calibrated output range. The
+    parity engine's reference for such a file does the same (rounding in the current
+    :func:`activation_rounding` mode), so it computes what the file specifies.
+    """
+    _OUTPUT_REQUANT.append(outputs)
+    try:
+        yield
+    finally:
+        _OUTPUT_REQUANT.pop()
+
+
+def requantize_output(module_path: str, y: torch.Tensor) -> torch.Tensor:
+    """``y`` through int8 at the layer's recorded output scale, inside :func:`output_requantization`."""
+    qp = _OUTPUT_REQUANT[-1].get(module_path)
+    if qp is None:
+        return y
+    scale, zero_point = qp
+    return dequantize_static(quantize_static(y, scale, zero_point, 8), scale, zero_point)
 
 
 def round_activation(v: torch.Tensor) -> torch.Tensor:

@@ -72,7 +72,7 @@ class MobileCNN(nn.Module):
 def _randomize_bn(model: nn.Module, gen: torch.Generator) -> None:
     """Non-trivial BatchNorm statistics and affine terms (a fresh BN is the identity)."""
     for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None and m.running_var is not None:
             with torch.no_grad():
                 m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
                 m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)

@@ -18,7 +18,7 @@ from torch import nn
 
 from bitnet_export.layers.bitnet import BitNetLayer
 
-__all__ = ["RMSNorm", "TinyLMConfig", "TinyBitNetLM", "TransformerBlock", "factory"]
+__all__ = ["RMSNorm", "TinyBitNetLM", "TinyLMConfig", "TransformerBlock", "factory"]
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,8 @@ class TinyBitNetLM(nn.Module):
         self.norm = RMSNorm(cfg.hidden, cfg.eps)
         self.head = BitNetLayer(cfg.hidden, cfg.vocab_size, precision=cfg.precision, bias=False)
         cos, sin = _rope_tables(cfg)
+        self.rope_cos: torch.Tensor
+        self.rope_sin: torch.Tensor
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 

@@ -21,7 +21,16 @@ from bitnet_export.backends.tflite.flatbuffer import Quant, TflModelBuilder
 from bitnet_export.errors import ExportError, InternalError
 from bitnet_export.passes.name_nodes import module_path_of
 
-__all__ = ["NCHW_TO_NHWC", "Int8Alias", "LoweringContext", "Perm", "inverse", "node_input", "tflite_dtype"]
+__all__ = [
+    "NCHW_TO_NHWC",
+    "Int8Alias",
+    "LoweringContext",
+    "Perm",
+    "channels_last",
+    "inverse",
+    "node_input",
+    "tflite_dtype",
+]
 
 #: ``perm`` of a tensor stored transposed: ``tflite = numpy.transpose(onnx, perm)``.
 Perm = tuple[int, ...]
@@ -67,6 +76,11 @@ def _is_identity(perm: Perm | None) -> bool:
     return perm is None or tuple(perm) == tuple(range(len(perm)))
 
 
+def channels_last(rank: int) -> Perm:
+    """The perm that moves axis 1 (ONNX channels) last: ``(0, 2, ..., rank-1, 1)``."""
+    return (0, *range(2, rank), 1)
+
+
 def inverse(perm: Perm) -> Perm:
     """The permutation that undoes ``perm``."""
     return tuple(int(i) for i in np.argsort(perm))
@@ -102,6 +116,9 @@ class LoweringContext:
     transposed: dict[int, tuple[int, Perm]] = field(default_factory=dict)
     int8: dict[int, Int8Alias] = field(default_factory=dict)
     fused: set[int] = field(default_factory=set)
+    #: static layers whose int8 output leaves the chain at their own calibrated range:
+    #: module path -> (scale, zero point), recorded in the file for the parity reference
+    requantized: dict[str, tuple[float, int]] = field(default_factory=dict)
     _views: dict[tuple[int, Perm], int] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ shapes
@@ -230,6 +247,47 @@ class LoweringContext:
             idx = self._transpose(value, self.tensor(value, consumer), perm, perm)
         self._views[(key, perm)] = idx
         return idx
+
+    def common_layout(self, values: list[ir.Value | None], rank: int) -> Perm | None:
+        """The layout a layout-agnostic op (elementwise, Pad) should compute ``values`` in.
+
+        The perm one of the runtime (non-constant) inputs is held in, when every runtime input
+        has ``rank`` dimensions and none is held in another perm; else ``None`` (ONNX layout).
+        Constants broadcast in any layout (see :meth:`operand`). Keeping the layout of the
+        inputs is what keeps an NHWC region free of transposes.
+        """
+        found: Perm | None = None
+        for v in values:
+            if v is None or v.const_value is not None:
+                continue
+            if v.shape is None or len(v.shape) != rank:
+                return None
+            p = self.layout(v)
+            if p is None:
+                continue
+            if found is not None and found != p:
+                return None
+            found = p
+        return found
+
+    def operand(self, value: ir.Value, consumer: ir.Node, perm: Perm | None, rank: int) -> int:
+        """``value`` as a broadcasting operand of a ``rank``-D op computed in layout ``perm``.
+
+        Runtime values come through :meth:`tensor`; a constant with more than one element is
+        reshaped to ``rank`` dims (numpy broadcasting prepends ones) and transposed at export.
+        """
+        if _is_identity(perm) or value.const_value is None:
+            return self.tensor(value, consumer, perm)
+        assert perm is not None
+        arr = value.const_value.numpy()
+        if arr.size == 1:
+            return self.tensor(value, consumer)
+        key = (id(value), tuple(perm))
+        if key not in self._views:
+            arr = arr.astype(np.float32) if arr.dtype == np.float64 else arr
+            arr = np.transpose(arr.reshape((1,) * (rank - arr.ndim) + arr.shape), perm).copy()
+            self._views[key] = self.builder.add_constant(f"{value.name}/transposed", arr)
+        return self._views[key]
 
     def float_tensor(self, value: ir.Value, consumer: ir.Node) -> int:
         """The tensor of ``value`` in its ONNX layout (see :meth:`tensor`)."""

@@ -163,6 +163,7 @@ def convert_hub(
         "bitnet_export.weights": weights,
         "bitnet_export.output_scales": output_scales,
         "bitnet_export.output_ranges": output_ranges,
+        "bitnet_export.requantized_outputs": ctx.requantized,
         **dict(extra_metadata or {}),
     }
     builder.metadata = {k: json.dumps(v, sort_keys=True).encode() for k, v in meta.items()}

@@ -83,6 +83,8 @@ def _full_integer(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams) -> N
         q = Quant([float(s) for s in bias_scale[:n]], [0] * n, axis=0)
         bias = ctx.builder.add_constant(ctx.name(node, "bias_q"), bq, dtype="int32", quant=q)
     out_scale, out_zp = _output_quant(node, p)
+    if p.output is not None and (out_scale, out_zp) == (p.output.scale, p.output.zero_point):
+        ctx.requantized[p.module_path] = (out_scale, out_zp)
     out_value = node.outputs[0]
     # a Relu right after (sole consumer) is fused into the FC: clamping the int8 output at
     # its zero point is exactly ReLU, and XNNPACK takes a fused activation but not a
