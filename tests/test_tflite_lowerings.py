@@ -170,3 +170,70 @@ def test_runtime_shape_operands_refused_at_once():
     msg = str(err.value)
     for op in ("Reshape", "Slice", "ReduceSum", "Tile"):
         assert f"ONNX {op}: " in msg and "fold" in msg, msg
+
+
+# ---------------------------------------------------------------------------- integer and bool data
+
+
+def _i64(name: str, values: list[int]) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
+
+
+#: (op, attributes, constant operands, numpy reference, output type or None for the input's)
+_DATA_OPS = {
+    "Transpose": ({"perm": [2, 0, 1]}, [], lambda a: a.transpose(2, 0, 1), None),
+    "Slice": (
+        {},
+        [_i64("st", [-1, 1]), _i64("en", [-100, 3]), _i64("ax", [1, 2]), _i64("sp", [-1, 1])],
+        lambda a: a[:, ::-1, 1:3],
+        None,
+    ),
+    "Gather": ({"axis": 1}, [_i64("idx", [2, -1, 0])], lambda a: a[:, [2, -1, 0]], None),
+    "Tile": ({}, [_i64("reps", [1, 2, 1])], lambda a: np.tile(a, (1, 2, 1)), None),
+    "Reshape": ({}, [_i64("shape", [6, -1])], lambda a: a.reshape(6, 4), None),
+    "Unsqueeze": ({}, [_i64("axes", [0])], lambda a: a[None], None),
+    "ReduceSum": ({}, [_i64("axes", [1])], lambda a: a.sum(1, keepdims=True, dtype=a.dtype), None),
+    "ReduceMax": ({"keepdims": 0}, [_i64("axes", [1])], lambda a: a.max(1), None),
+    "ReduceProd": ({}, [_i64("axes", [2])], lambda a: a.prod(2, keepdims=True, dtype=a.dtype), None),
+    "ArgMax": ({"axis": 1}, [], lambda a: a.argmax(1)[:, None].astype(np.int64), TensorProto.INT64),
+    "Cast": ({"to": TensorProto.FLOAT}, [], lambda a: a.astype(np.float32), TensorProto.FLOAT),
+}
+#: (op, type) pairs the pre-flight must refuse: the TFLite kernel rejects that type.
+_REFUSED_DATA = {
+    ("ArgMax", TensorProto.INT64): "ARG_MAX",  # LiteRT 2.3: "Unknown input type" at prepare
+    ("ReduceSum", TensorProto.INT8): "reductions",  # int8 is a quantized type to SUM
+    ("ReduceSum", TensorProto.UINT8): "reductions",
+    ("ReduceProd", TensorProto.INT8): "reductions",
+    ("ReduceProd", TensorProto.UINT8): "reductions",
+}
+_DATA_TYPES = [TensorProto.INT32, TensorProto.INT64, TensorProto.INT8, TensorProto.UINT8, TensorProto.BOOL]
+_NO_BOOL = {"ReduceSum", "ReduceProd", "ArgMax", "Cast"}  # not defined on bool in ONNX
+DATA_CASES = [
+    (op, t) for op in _DATA_OPS for t in _DATA_TYPES if not (t == TensorProto.BOOL and op in _NO_BOOL)
+]
+
+
+@pytest.mark.parametrize(
+    ("op", "dtype"), DATA_CASES, ids=[f"{op}_{TensorProto.DataType.Name(t)}" for op, t in DATA_CASES]
+)
+def test_integer_and_bool_data(op, dtype):
+    """Data-movement ops, reductions and casts on int/bool tensors: exact, or refused up front."""
+    attrs, inits, ref, out_type = _DATA_OPS[op]
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 2, (2, 3, 4)) if dtype == TensorProto.BOOL else rng.integers(-5, 6, (2, 3, 4))
+    x = x.astype(_NP[dtype])
+    y = np.asarray(ref(x))
+    case = _case(
+        f"{op}_{dtype}",
+        [helper.make_node(op, ["x", *(i.name for i in inits)], ["y"], **attrs)],
+        [helper.make_tensor_value_info("x", dtype, list(x.shape))],
+        [helper.make_tensor_value_info("y", out_type or dtype, list(y.shape))],
+        [x],
+        [y],
+        inits=inits,
+    )
+    outcome = run_case(case)
+    if (op, dtype) in _REFUSED_DATA:
+        assert outcome.status == "refused" and _REFUSED_DATA[(op, dtype)] in outcome.detail, outcome
+    else:
+        assert outcome.status == "pass", outcome.detail

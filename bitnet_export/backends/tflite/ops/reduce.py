@@ -72,7 +72,12 @@ def _types(allowed: tuple[ir.DataType, ...], kernel: str) -> Check:
 
 
 _FLOAT = (ir.DataType.FLOAT, ir.DataType.DOUBLE)
-_NUM = (*_FLOAT, ir.DataType.INT32, ir.DataType.INT64, ir.DataType.INT8, ir.DataType.UINT8)
+#: SUM/REDUCE_PROD: 8-bit integers are quantized types to these kernels (their wrap-around
+#: sums do not come out), so only 32/64-bit integers are taken.
+_NUM = (*_FLOAT, ir.DataType.INT32, ir.DataType.INT64)
+_ORDERED = (*_NUM, ir.DataType.INT8, ir.DataType.UINT8)
+#: ARG_MAX/ARG_MIN reject int64 inputs at prepare time (LiteRT 2.3).
+_ARG = (*_FLOAT, ir.DataType.INT32, ir.DataType.INT8, ir.DataType.UINT8)
 
 
 def _reduced_shape(ctx: LoweringContext, node: ir.Node, axes: list[int]) -> tuple[list[int], list[int]]:
@@ -166,7 +171,7 @@ def _lower_reduction(
 _CHECK_NUM = all_checks(shapes_known, _check_axes, _types(_NUM, "reductions"))
 _CHECK_FLOAT = all_checks(shapes_known, _check_axes, _types(_FLOAT, "float reductions"))
 _CHECK_MAX = all_checks(
-    shapes_known, _check_axes, _types((*_NUM, ir.DataType.BOOL), "REDUCE_MAX/MIN/ANY/ALL")
+    shapes_known, _check_axes, _types((*_ORDERED, ir.DataType.BOOL), "REDUCE_MAX/MIN/ANY/ALL")
 )
 
 
@@ -323,7 +328,7 @@ def _lower_arg(ctx: LoweringContext, node: ir.Node, kind: str) -> None:
         b.add_op("RESHAPE", [idx, shape], [ctx.new_tensor(out_val)], newShape=osig)
 
 
-_CHECK_ARG = all_checks(shapes_known, _check_arg, _types(_NUM, "ARG_MAX/ARG_MIN"))
+_CHECK_ARG = all_checks(shapes_known, _check_arg, _types(_ARG, "ARG_MAX/ARG_MIN"))
 
 
 @lowers("ArgMax", check=_CHECK_ARG)

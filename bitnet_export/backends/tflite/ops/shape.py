@@ -454,10 +454,8 @@ def lower_gather_elements(ctx: LoweringContext, node: ir.Node) -> None:
 
 def _check_expand(node: ir.Node) -> str | None:
     out = static_dims(node.outputs[0])
-    if out is None or None in out:
+    if out is None or None in out:  # a static output shape is all BROADCAST_TO needs
         return "the output has a symbolic dim; BROADCAST_TO needs the static target shape"
-    if optional_input(node, 1) is not None and const_array(node, 1) is None and out is None:
-        return "the target shape is computed at run time; fold it to a constant before the backend"
     return None
 
 
