@@ -237,3 +237,60 @@ def test_integer_and_bool_data(op, dtype):
         assert outcome.status == "refused" and _REFUSED_DATA[(op, dtype)] in outcome.detail, outcome
     else:
         assert outcome.status == "pass", outcome.detail
+
+
+# ---------------------------------------------------------------------------- rank limits
+
+
+def _rank_case(op: str, r: int, n_inputs: int, attrs: dict[str, object]) -> SimpleNamespace:
+    """``op`` on ``n_inputs`` float tensors of rank ``r`` that broadcast; numpy reference."""
+    rng = np.random.default_rng(r)
+    a = rng.standard_normal([2, 1] * (r // 2) + [2] * (r % 2)).astype(np.float32)
+    b = rng.standard_normal([1, 2] * (r // 2) + [1] * (r % 2)).astype(np.float32)
+    xs = [a, b][:n_inputs] if op != "Where" else [a > 0, b, a]
+    refs = {
+        "Transpose": lambda: a.transpose(*range(r)[::-1]),
+        "Less": lambda: a < b,
+        "Where": lambda: np.where(a > 0, b, a),
+        "Softmax": lambda: np.exp(a - a.max(0)) / np.exp(a - a.max(0)).sum(0, keepdims=True),
+        "MatMul": lambda: xs[0] @ xs[1],
+    }
+    if op == "MatMul":  # broadcasting batch dims, [3, 4] @ [4, 2]
+        xs = [
+            rng.standard_normal([*a.shape[: r - 2], 3, 4]).astype(np.float32),
+            rng.standard_normal([*b.shape[: r - 2], 4, 2]).astype(np.float32),
+        ]
+    y = np.asarray(refs[op]())
+    types = {np.dtype(bool): TensorProto.BOOL, np.dtype(np.float32): TensorProto.FLOAT}
+    names = [f"x{i}" for i in range(len(xs))]
+    return _case(
+        f"{op}_rank{r}",
+        [helper.make_node(op, names, ["y"], **attrs)],
+        [
+            helper.make_tensor_value_info(n, types[x.dtype], list(x.shape))
+            for n, x in zip(names, xs, strict=True)
+        ],
+        [helper.make_tensor_value_info("y", types[y.dtype], list(y.shape))],
+        xs,
+        [y],
+    )
+
+
+#: (op, inputs, attributes, highest rank that runs): 8 for the kernels of MAX_RANK, 5 for BATCH_MATMUL
+RANKS = [
+    ("Transpose", 1, {}, 8),
+    ("Less", 2, {}, 8),
+    ("Where", 3, {}, 8),
+    ("Softmax", 1, {"axis": 0}, 8),  # axis swapped last by TRANSPOSE
+    ("MatMul", 2, {}, 5),
+]
+
+
+@pytest.mark.parametrize(("op", "n", "attrs", "top"), RANKS, ids=[r[0] for r in RANKS])
+def test_rank_limits(op, n, attrs, top):
+    """The highest rank a kernel takes runs; one more is refused by the pre-flight (LiteRT would
+    reject it at prepare time, or abort the process)."""
+    outcome = run_case(_rank_case(op, top, n, attrs))
+    assert outcome.status == "pass", outcome.detail
+    over = run_case(_rank_case(op, top + 1, n, attrs))
+    assert over.status == "refused" and "dims" in over.detail, over

@@ -16,6 +16,7 @@ from bitnet_export.backends.tflite.context import LoweringContext
 from bitnet_export.backends.tflite.registry import Check
 
 __all__ = [
+    "MAX_RANK",
     "all_checks",
     "attr_float",
     "attr_int",
@@ -31,6 +32,11 @@ __all__ = [
     "static_dims",
     "temp",
 ]
+
+#: The highest rank LiteRT 2.3's TRANSPOSE, broadcasting binary ops (MUL, LESS, LOGICAL_AND...),
+#: SELECT_V2 and STRIDED_SLICE were measured to run (9-D: refused at prepare, or an abort).
+#: BATCH_MATMUL takes 5 (its own check).
+MAX_RANK = 8
 
 
 def attr_int(node: ir.Node, name: str, default: int) -> int:

@@ -17,6 +17,7 @@ import onnx_ir as ir
 
 from bitnet_export.backends.tflite.context import LoweringContext, node_input
 from bitnet_export.backends.tflite.ops._util import (
+    MAX_RANK,
     all_checks,
     attr_float,
     attr_int,
@@ -50,8 +51,8 @@ def _softmax_axis(node: ir.Node) -> int:
 
 def _check_softmax(node: ir.Node) -> str | None:
     r = rank(node_input(node, 0))
-    if r > 6:
-        return f"rank {r}; the axis TRANSPOSE takes at most 6 dims"
+    if r > MAX_RANK:
+        return f"rank {r}; the axis TRANSPOSE takes at most {MAX_RANK} dims"
     if opset(node) < 13:
         dims = static_dims(node_input(node, 0)) or []
         if sum(d is None for d in dims) > 1:
@@ -114,10 +115,10 @@ def lower_log_softmax(ctx: LoweringContext, node: ir.Node) -> None:
 
 
 def _check_norm_scale(node: ir.Node) -> str | None:
-    """Check: rank within the broadcasting kernels' 6 dims."""
+    """Check: rank within what the broadcasting MUL/ADD take (:data:`MAX_RANK`)."""
     r = rank(node_input(node, 0))
-    if r > 6:
-        return f"rank {r}; TFLite broadcasting MUL/ADD take at most 6 dims"
+    if r > MAX_RANK:
+        return f"rank {r}; TFLite broadcasting MUL/ADD take at most {MAX_RANK} dims"
     return None
 
 

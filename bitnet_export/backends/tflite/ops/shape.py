@@ -26,6 +26,7 @@ import onnx_ir as ir
 from bitnet_export.backends.tflite.context import LoweringContext, node_input, tflite_dtype
 from bitnet_export.backends.tflite.flatbuffer import TENSOR_TYPES
 from bitnet_export.backends.tflite.ops._util import (
+    MAX_RANK,
     all_checks,
     attr_int,
     attr_ints,
@@ -175,7 +176,7 @@ def _perm(node: ir.Node) -> list[int]:
     return [normalize_axis(p, r) for p in perm] if perm is not None else list(range(r))[::-1]
 
 
-@lowers("Transpose", check=all_checks(shapes_known, _rank_at_most(6, "TRANSPOSE")))
+@lowers("Transpose", check=all_checks(shapes_known, _rank_at_most(MAX_RANK, "TRANSPOSE")))
 def lower_transpose(ctx: LoweringContext, node: ir.Node) -> None:
     """``Transpose(data, perm)`` (default: reverse the dims) -> TRANSPOSE."""
     x_val = node_input(node, 0)
@@ -257,7 +258,7 @@ def _check_slice(node: ir.Node) -> str | None:
 
 @lowers(
     "Slice",
-    check=all_checks(shapes_known, _rank_at_most(5, "STRIDED_SLICE"), _check_slice),
+    check=all_checks(shapes_known, _rank_at_most(MAX_RANK, "STRIDED_SLICE"), _check_slice),
 )
 def lower_slice(ctx: LoweringContext, node: ir.Node) -> None:
     """``Slice(data, starts, ends, axes, steps)`` -> STRIDED_SLICE (constant operands).
@@ -621,8 +622,8 @@ def lower_cast(ctx: LoweringContext, node: ir.Node) -> None:
 
 def _check_where(node: ir.Node) -> str | None:
     shapes = [tuple(v.shape or ()) for v in node.inputs if v is not None]
-    if len(set(shapes)) > 1 and rank(node.outputs[0]) > 5:
-        return f"broadcasting at rank {rank(node.outputs[0])}; SELECT_V2 broadcasts up to 5 dims"
+    if len(set(shapes)) > 1 and rank(node.outputs[0]) > MAX_RANK:
+        return f"broadcasting at rank {rank(node.outputs[0])}; SELECT_V2 broadcasts up to {MAX_RANK} dims"
     return None
 
 
