@@ -53,10 +53,14 @@ def _check_softmax(node: ir.Node) -> str | None:
     r = rank(node_input(node, 0))
     if r > MAX_RANK:
         return f"rank {r}; the axis TRANSPOSE takes at most {MAX_RANK} dims"
-    if opset(node) < 13:
+    if opset(node) < 13 and _softmax_axis(node) != r - 1:
         dims = static_dims(node_input(node, 0)) or []
-        if sum(d is None for d in dims) > 1:
-            return "several symbolic dims; the opset < 13 form RESHAPEs to 2-D"
+        axis = _softmax_axis(node)
+        if sum(d is None for d in dims[:axis]) > 1 or None in dims[axis:]:
+            return (
+                "symbolic dims the opset < 13 form cannot RESHAPE to 2-D (at most one, before "
+                "the axis); export with opset >= 13"
+            )
     return None
 
 
