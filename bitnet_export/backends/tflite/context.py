@@ -76,6 +76,16 @@ def _is_identity(perm: Perm | None) -> bool:
     return perm is None or tuple(perm) == tuple(range(len(perm)))
 
 
+def _layout_free(value: ir.Value, rank: int) -> bool:
+    """One element (``[]``, ``[1, 1]``), or ``[N, 1, ..., 1]`` of the op's full ``rank``: the same
+    tensor in any layout that keeps axis 0 first (as channels-last does)."""
+    if value.shape is None:
+        return False
+    dims = list(value.shape)
+    ones = [isinstance(d, int) and d == 1 for d in dims]
+    return all(ones) or (len(dims) == rank and all(ones[1:]))
+
+
 def channels_last(rank: int) -> Perm:
     """The perm that moves axis 1 (ONNX channels) last: ``(0, 2, ..., rank-1, 1)``."""
     return (0, *range(2, rank), 1)
@@ -253,12 +263,13 @@ class LoweringContext:
 
         The perm one of the runtime (non-constant) inputs is held in, when every runtime input
         has ``rank`` dimensions and none is held in another perm; else ``None`` (ONNX layout).
-        Constants broadcast in any layout (see :meth:`operand`). Keeping the layout of the
-        inputs is what keeps an NHWC region free of transposes.
+        Constants broadcast in any layout (see :meth:`operand`), and so do ``[N, 1, ..., 1]``
+        values. Keeping the layout of the inputs is what keeps an NHWC region free of
+        transposes.
         """
         found: Perm | None = None
         for v in values:
-            if v is None or v.const_value is not None:
+            if v is None or v.const_value is not None or _layout_free(v, rank):
                 continue
             if v.shape is None or len(v.shape) != rank:
                 return None
@@ -276,7 +287,13 @@ class LoweringContext:
         Runtime values come through :meth:`tensor`; a constant with more than one element is
         reshaped to ``rank`` dims (numpy broadcasting prepends ones) and transposed at export.
         """
-        if _is_identity(perm) or value.const_value is None:
+        if (
+            perm is None
+            or _is_identity(perm)
+            or (value.const_value is None and _layout_free(value, rank) and perm[0] == 0)
+        ):
+            return self.tensor(value, consumer)  # [N, 1, .., 1] is the same in both layouts
+        if value.const_value is None:
             return self.tensor(value, consumer, perm)
         assert perm is not None
         arr = value.const_value.numpy()

@@ -1,5 +1,16 @@
 """TFLite lowerings, one module per ONNX op family; importing this package registers them all."""
 
-from bitnet_export.backends.tflite.ops import elementwise, logic, matmul, norm, reduce, shape
+from bitnet_export.backends.tflite.ops import (
+    conv,
+    elementwise,
+    image,
+    logic,
+    matmul,
+    norm,
+    pool,
+    reduce,
+    resize,
+    shape,
+)
 
-__all__ = ["elementwise", "logic", "matmul", "norm", "reduce", "shape"]
+__all__ = ["conv", "elementwise", "image", "logic", "matmul", "norm", "pool", "reduce", "resize", "shape"]

@@ -1,0 +1,165 @@
+"""Pooling -> TFLite builtins, computed in NHWC (1-D pools as 2-D over ``[N, 1, L, C]``).
+
+* ``MaxPool`` -> MAX_POOL_2D. Padding never wins a max (ONNX and TFLite's SAME both ignore
+  it); pads other than SAME's, and ``ceil_mode`` windows, become a PADV2 with -inf, then VALID.
+* ``AveragePool`` -> AVERAGE_POOL_2D. TFLite's SAME divides by the number of *real* elements
+  in the window, which is ONNX's ``count_include_pad=0``: SAME pads use it directly. Any other
+  padding (asymmetric, ``count_include_pad=1``, ``ceil_mode``) is a zero PAD, a VALID pool
+  (``sum / (kH*kW)``), then a MUL by the constant map ``kH*kW / count`` where ``count`` is
+  the number of window elements ONNX divides by at each output position (real elements only,
+  or real + pads; ceil_mode windows past the pads count neither). That MUL is one more float32
+  rounding than ONNX's ``sum / count``: results may be 1 ulp apart.
+* ``GlobalAveragePool`` / ``GlobalMaxPool`` -> MEAN / REDUCE_MAX over the spatial axes of the
+  channels-last tensor (keep_dims): the output ``[N, 1, 1, C]`` is the channels-last view of
+  ONNX's ``[N, C, 1, 1]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from bitnet_export.backends.tflite.context import LoweringContext, channels_last, node_input
+from bitnet_export.backends.tflite.ops._spatial import (
+    Window,
+    check_spatial_input,
+    explicit_pad,
+    spatial_dims,
+    spatial_input,
+    spatial_output,
+    tflite_padding,
+    window,
+)
+from bitnet_export.backends.tflite.registry import lowers
+
+__all__: list[str] = []
+
+_PADDING = {"SAME": 0, "VALID": 1}  # schema.Padding
+
+
+def _kernel(node: ir.Node) -> list[int]:
+    return [int(v) for v in node.attributes["kernel_shape"].as_ints()]
+
+
+def _check_pool(node: ir.Node) -> str | None:
+    problem = check_spatial_input(node)
+    if problem:
+        return problem
+    if "kernel_shape" not in node.attributes:
+        return f"{node.op_type} without kernel_shape is not valid ONNX"
+    d = node.attributes.get("dilations")
+    if d is not None and any(v != 1 for v in d.as_ints()):
+        return f"{node.op_type} with dilations != 1: TFLite's pools have no dilation"
+    if any(o.uses() or o.is_graph_output() for o in node.outputs[1:]):
+        return "MaxPool's Indices output has no TFLite lowering (MAX_POOL_2D returns values only)"
+    if spatial_dims(node.outputs[0]) is None:
+        return f"{node.op_type} needs a static output shape; export with a static shape"
+    return None
+
+
+def _end_pads(w: Window, in_hw: list[int], out_hw: list[int]) -> tuple[int, int]:
+    """The end pads a VALID pool needs for ``out_hw`` (ceil_mode may need more than ``pads``)."""
+    return (
+        max(0, (out_hw[0] - 1) * w.strides[0] + w.kernel[0] - in_hw[0] - w.pads_begin[0]),
+        max(0, (out_hw[1] - 1) * w.strides[1] + w.kernel[1] - in_hw[1] - w.pads_begin[1]),
+    )
+
+
+def _pool(ctx: LoweringContext, node: ir.Node, kind: str) -> None:
+    x, nhwc, sig = spatial_input(ctx, node)
+    k = _kernel(node)
+    win = window(node, nhwc[1:3] if len(k) == 2 else nhwc[2:3], k)
+    out, out_nhwc, finish = spatial_output(ctx, node)
+    in_hw, out_hw = nhwc[1:3], out_nhwc[1:3]
+    padding = tflite_padding(win, in_hw, out_hw)
+    include = node.attributes.get("count_include_pad")
+    if kind == "AVERAGE_POOL_2D" and padding == "SAME" and include is not None and include.as_int():
+        padding = None  # TFLite's SAME excludes the pads from the count
+    explicit = padding is None
+    b = ctx.builder
+    pooled, scale = out, None
+    if explicit:
+        fill = -np.inf if kind == "MAX_POOL_2D" else 0.0
+        x, nhwc = explicit_pad(ctx, node, x, nhwc, sig, win.pads_begin, _end_pads(win, in_hw, out_hw), fill)
+        padding = "VALID"
+        if kind == "AVERAGE_POOL_2D":
+            scale = _area_over_count(win, in_hw, out_hw, bool(include is not None and include.as_int()))
+        if scale is not None:
+            pooled = b.add_tensor(ctx.name(node, "sum_over_area"), out_nhwc, "float32")
+    assert padding is not None
+    b.add_op(
+        kind,
+        [x],
+        [pooled],
+        name=node.name,
+        padding=_PADDING[padding],
+        strideH=win.strides[0],
+        strideW=win.strides[1],
+        filterHeight=win.kernel[0],
+        filterWidth=win.kernel[1],
+        fusedActivationFunction=0,
+    )
+    if scale is not None:  # sum / area -> sum / count
+        s = b.add_constant(ctx.name(node, "area_over_count"), scale)
+        b.add_op("MUL", [pooled, s], [out], name=node.name, fusedActivationFunction=0)
+    finish()
+
+
+def _area_over_count(w: Window, in_hw: list[int], out_hw: list[int], include_pad: bool) -> np.ndarray | None:
+    """``area / count`` per output position (``[1, H, W, 1]``), ``None`` when it is all ones.
+
+    ``count``: the window elements ONNX's reference averages: inside the input, or inside the
+    input and its pads (``count_include_pad=1``); never the ceil_mode overhang past the pads.
+    """
+    factors = []
+    for i in range(2):
+        lo, hi = (-w.pads_begin[i], in_hw[i] + w.pads_end[i]) if include_pad else (0, in_hw[i])
+        start = np.arange(out_hw[i]) * w.strides[i] - w.pads_begin[i]
+        pos = start[:, None] + np.arange(w.kernel[i])[None, :]
+        factors.append(((pos >= lo) & (pos < hi)).sum(axis=1))
+    count = factors[0][:, None] * factors[1][None, :]
+    area = w.kernel[0] * w.kernel[1]
+    if np.all(count == area):
+        return None
+    return (area / count.astype(np.float64)).astype(np.float32).reshape(1, out_hw[0], out_hw[1], 1)
+
+
+@lowers("MaxPool", check=_check_pool)
+def lower_max_pool(ctx: LoweringContext, node: ir.Node) -> None:
+    """``MaxPool(X, kernel_shape, strides, pads | auto_pad, ceil_mode)`` -> MAX_POOL_2D."""
+    _pool(ctx, node, "MAX_POOL_2D")
+
+
+@lowers("AveragePool", check=_check_pool)
+def lower_average_pool(ctx: LoweringContext, node: ir.Node) -> None:
+    """``AveragePool(X, kernel_shape, strides, pads | auto_pad, ceil_mode, count_include_pad)``."""
+    _pool(ctx, node, "AVERAGE_POOL_2D")
+
+
+def _check_global(node: ir.Node) -> str | None:
+    x = node.inputs[0] if node.inputs else None
+    if x is None or x.shape is None or len(x.shape) < 3:
+        return f"{node.op_type} needs an input of known rank >= 3 (N, C, spatial...)"
+    return None
+
+
+def _global(ctx: LoweringContext, node: ir.Node, kind: str) -> None:
+    x_val = node_input(node, 0)
+    rank = len(x_val.shape or ())
+    perm = channels_last(rank)
+    x = ctx.tensor(x_val, node, perm)
+    axes = ctx.builder.add_constant(ctx.name(node, "axes"), np.arange(1, rank - 1, dtype=np.int32))
+    out = ctx.new_tensor(node.outputs[0], perm=perm)
+    ctx.builder.add_op(kind, [x, axes], [out], name=node.name, keepDims=True)
+
+
+@lowers("GlobalAveragePool", check=_check_global)
+def lower_global_average_pool(ctx: LoweringContext, node: ir.Node) -> None:
+    """``GlobalAveragePool(X)`` -> MEAN over the spatial axes (channels-last, keep_dims)."""
+    _global(ctx, node, "MEAN")
+
+
+@lowers("GlobalMaxPool", check=_check_global)
+def lower_global_max_pool(ctx: LoweringContext, node: ir.Node) -> None:
+    """``GlobalMaxPool(X)`` -> REDUCE_MAX over the spatial axes (channels-last, keep_dims)."""
+    _global(ctx, node, "REDUCE_MAX")

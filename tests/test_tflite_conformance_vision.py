@@ -1,0 +1,157 @@
+"""ONNX node conformance of the TFLite backend's vision and elementwise families on LiteRT.
+
+Convolutions, pools, batch norm, Pad, Resize (ops/conv, pool, image, resize) and the
+elementwise ops (ops/elementwise): every float32 case either passes on both LiteRT resolvers
+(reference and optimized builtin kernels), or is refused by the pre-flight with a named reason
+(xfail, strict: the refusal must come from ``check_supported`` and name the reason below).
+See ``tflite_conformance.py`` for how cases are selected, frozen and compared.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from tflite_conformance import (
+    Outcome,
+    float32_cases,
+    format_summary,
+    op_type_of,
+    run_case,
+    summarize,
+)
+
+pytest.importorskip("ai_edge_litert.interpreter", reason="LiteRT (ai-edge-litert) is not installed")
+
+#: The op types whose lowerings this file covers.
+OP_TYPES = (
+    # conv.py, pool.py
+    "Conv", "ConvTranspose", "BatchNormalization", "MaxPool", "AveragePool",
+    "GlobalAveragePool", "GlobalMaxPool",
+    # image.py, resize.py
+    "Pad", "Resize",
+    # elementwise.py: activations
+    "Relu", "LeakyRelu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Gelu", "Elu",
+    "Softplus", "Softsign", "PRelu",
+    # elementwise.py: unary math
+    "Neg", "Abs", "Exp", "Log", "Sqrt", "Reciprocal", "Sin", "Cos", "Floor", "Ceil", "Round",
+    "Sign", "Pow",
+    # elementwise.py: broadcasting arithmetic
+    "Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean",
+)  # fmt: skip
+
+_NO_3D = "over 3-D input has no TFLite builtin"
+_POOL_DILATION = "TFLite's pools have no dilation"
+
+#: Cases the pre-flight refuses, by name, with (a key phrase of) the reason it gives.
+REFUSED: dict[str, str] = {
+    # TFLite has 2-D convolutions and pools only (1-D ones run as 2-D over [N, 1, L, C])
+    "test_averagepool_3d_default": _NO_3D,
+    "test_averagepool_3d_dilations_small": _NO_3D,
+    "test_averagepool_3d_dilations_large_count_include_pad_is_0_ceil_mode_is_False": _NO_3D,
+    "test_averagepool_3d_dilations_large_count_include_pad_is_0_ceil_mode_is_True": _NO_3D,
+    "test_averagepool_3d_dilations_large_count_include_pad_is_1_ceil_mode_is_False": _NO_3D,
+    "test_averagepool_3d_dilations_large_count_include_pad_is_1_ceil_mode_is_True": _NO_3D,
+    "test_maxpool_3d_default": _NO_3D,
+    "test_maxpool_3d_dilations": _NO_3D,
+    "test_maxpool_3d_dilations_use_ref_impl": _NO_3D,
+    "test_maxpool_3d_dilations_use_ref_impl_large": _NO_3D,
+    "test_convtranspose_3d": _NO_3D,
+    # MAX_POOL_2D / AVERAGE_POOL_2D have no dilation factors
+    "test_averagepool_2d_dilations": _POOL_DILATION,
+    "test_maxpool_2d_dilations": _POOL_DILATION,
+    # MAX_POOL_2D returns no argmax
+    "test_maxpool_with_argmax_2d_precomputed_pads": "Indices output has no TFLite lowering",
+    "test_maxpool_with_argmax_2d_precomputed_strides": "Indices output has no TFLite lowering",
+    # a runtime kernel is dilated at export only when it is a constant (see the const variant)
+    "test_convtranspose_dilations": "dilations != 1 needs a constant weight",
+    # training-mode batch norm (batch statistics, running-stat outputs)
+    "test_batchnorm_example_training_mode": "training_mode=1",
+    "test_batchnorm_epsilon_training_mode": "training_mode=1",
+    # POW has float32 and int32 kernels only
+    "test_pow_types_int64_int64": "Pow of int64 values",
+}
+
+#: The same cases with weights as constants, as they are in a hub (the ONNX cases feed every
+#: operand at run time): op type -> input positions made initializers.
+CONSTANT_VARIANTS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "Conv": ((1, 2),),
+    "ConvTranspose": ((1, 2),),
+    "BatchNormalization": ((1, 2, 3, 4),),
+    "PRelu": ((1,),),
+    "Add": ((1,),),
+    "Mul": ((1,),),
+}
+
+#: Refused cases that pass once their weights are constants.
+_CONSTANT_FIXES = {"test_convtranspose_dilations"}
+
+CASES = float32_cases(OP_TYPES)
+CONSTANT_CASES = [
+    (case, frozen)
+    for case in float32_cases(CONSTANT_VARIANTS)
+    for frozen in CONSTANT_VARIANTS[op_type_of(case)]
+    if case.name not in REFUSED or case.name in _CONSTANT_FIXES
+]
+_OUTCOMES: dict[tuple[str, tuple[int, ...]], Outcome] = {}
+
+
+def _outcome(case: Any, frozen: tuple[int, ...] = ()) -> Outcome:
+    key = (case.name, frozen)
+    if key not in _OUTCOMES:
+        _OUTCOMES[key] = run_case(case, frozen)
+    return _OUTCOMES[key]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_case(case):
+    outcome = _outcome(case)
+    if case.name in REFUSED:
+        assert outcome.status == "refused", f"{case.name} was expected to be refused: {outcome}"
+        assert REFUSED[case.name] in outcome.detail, outcome.detail
+        pytest.xfail(f"refused by the pre-flight: {REFUSED[case.name]}")
+    assert outcome.status == "pass", outcome.detail
+
+
+@pytest.mark.parametrize(
+    ("case", "frozen"),
+    CONSTANT_CASES,
+    ids=[f"{c.name}-const{''.join(map(str, f))}" for c, f in CONSTANT_CASES],
+)
+def test_case_with_constant_weights(case, frozen):
+    outcome = _outcome(case, frozen)
+    assert outcome.status == "pass", outcome.detail
+
+
+def test_pass_rate():
+    outcomes = [_outcome(c) for c in CASES]
+    summary = summarize(outcomes)
+    print()
+    print(format_summary(summary))
+    for o in outcomes:
+        if o.status != "pass":
+            print(f"  {o.status}: {o.name}: {o.detail[:200]}")
+    passed = sum(v[0] for v in summary.values())
+    assert passed >= 0.9 * len(outcomes), f"{passed}/{len(outcomes)} float32 cases pass"
+
+
+def test_round_is_half_to_even_on_litert(tmp_path):
+    """Round's lowering (no ROUND kernel in the reference resolver) rounds ties to even."""
+    import onnx_ir as ir
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from bitnet_export.backends.tflite.convert import convert_hub
+
+    x = np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 0.49999997, 4194304.5, 8388609.0, -3.7], np.float32)
+    inp = ir.Value(name="x", shape=ir.Shape([x.size]), type=ir.TensorType(ir.DataType.FLOAT))
+    node = ir.Node("", "Round", [inp], num_outputs=1, name="Round")
+    node.outputs[0].name, node.outputs[0].shape = "y", ir.Shape([x.size])
+    node.outputs[0].type = ir.TensorType(ir.DataType.FLOAT)
+    graph = ir.Graph([inp], node.outputs, nodes=[node], opset_imports={"": 21})
+    data = convert_hub(ir.Model(graph, ir_version=10), {}, "int8", 1)
+    for resolver in (OpResolverType.BUILTIN_REF, OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES):
+        runner = Interpreter(
+            model_content=data, experimental_op_resolver_type=resolver
+        ).get_signature_runner()
+        np.testing.assert_array_equal(runner(x=x)["y"], np.round(x))
