@@ -20,12 +20,12 @@ constants. :data:`CONSTANT_INPUTS` names those input positions per op; they beco
 holding the case's data before conversion. Data inputs (``indices`` of Gather, ``condition``
 of Where) stay runtime inputs.
 
-Tolerance: ``rtol=1e-3, atol=1e-5`` (or the case's own, if looser). The ONNX backend default
-``atol=1e-7`` is below one float32 ulp of 1.0 (1.19e-7): decomposed lowerings (LayerNorm as
-MEAN/RSQRT/MUL, LogSoftmax as SUB/LOG, ReduceL2 as SQRT(SUM(x*x))) round differently from the
-numpy reference and miss it on near-zero outputs by a few ulps of the operands' magnitude.
-``atol=1e-5`` is ~100 ulps at 1.0, far below any real lowering bug. Integer and bool outputs
-must match exactly.
+Tolerance: ONNX's own backend-test defaults, ``rtol=1e-3, atol=1e-7`` (or the case's own, if
+looser). A looser ``atol=1e-5`` was considered for decomposed lowerings (LayerNorm as
+MEAN/RSQRT/MUL, ReduceL2 as SQRT(SUM(x*x))), whose near-zero outputs could miss ``1e-7`` by a few
+ulps; measured on LiteRT 2.3, every float32 case that is not refused (347 of the shape, logic,
+reduce, matmul and norm families, 206 of the vision ones) passes at ``atol=1e-7`` on both
+resolvers, so the stricter bound is kept. Integer and bool outputs must match exactly.
 
 Usage::
 
@@ -73,7 +73,7 @@ __all__ = [
 ]
 
 RTOL: Final = 1e-3
-ATOL: Final = 1e-5
+ATOL: Final = 1e-7
 #: LiteRT op resolvers every case runs on (reference kernels, optimized builtin kernels).
 RESOLVERS: Final = ("BUILTIN_REF", "BUILTIN_WITHOUT_DEFAULT_DELEGATES")
 
