@@ -168,7 +168,15 @@ def _is_float32_case(case: Any) -> bool:
 
 
 def float32_cases(op_types: Iterable[str]) -> list[Any]:
-    """The single-node ONNX cases of ``op_types`` whose data are float32 / int / bool, by name."""
+    """The single-node ONNX cases of ``op_types`` whose data are float32 / int / bool, by name.
+
+    Args:
+        op_types: ONNX op types (the single node's ``op_type``; ``_expanded`` models, which have
+            several nodes, are not included).
+
+    Returns:
+        The cases (``onnx.backend.test.case`` TestCase objects), sorted by name.
+    """
     wanted = set(op_types)
     found = [c for c in _all_cases() if op_type_of(c) in wanted and _is_float32_case(c)]
     return sorted(found, key=lambda c: c.name)
@@ -310,6 +318,11 @@ def run_case(case: Any, constant_inputs: Iterable[int] = ()) -> Outcome:
         case: an ONNX node test case (``.name``, ``.model``, ``.data_sets``, ``.rtol``, ``.atol``).
         constant_inputs: more node input positions to make initializers (weights, as in a hub:
             a MatMul's B, a LayerNorm's scale), besides :data:`CONSTANT_INPUTS`.
+
+    Returns:
+        ``pass`` when every data set matches on every resolver in :data:`RESOLVERS`;
+        ``refused`` when :func:`check_supported` raises :class:`ExportError` (the detail is its
+        message); ``fail`` for anything else, with the first error or mismatch as the detail.
     """
     op = op_type_of(case)
     rtol, atol = max(RTOL, float(case.rtol)), max(ATOL, float(case.atol))
@@ -344,7 +357,11 @@ def run_case(case: Any, constant_inputs: Iterable[int] = ()) -> Outcome:
 
 
 def summarize(outcomes: Iterable[Outcome]) -> dict[str, tuple[int, int, int]]:
-    """Per op type: ``(passed, refused, total)`` float32 cases."""
+    """Per-op figures of ``outcomes``.
+
+    Returns:
+        op type -> ``(passed, refused, total)``, sorted by op type.
+    """
     table: dict[str, list[int]] = {}
     for o in outcomes:
         row = table.setdefault(o.op_type, [0, 0, 0])
