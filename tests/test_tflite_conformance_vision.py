@@ -42,25 +42,11 @@ OP_TYPES = (
 )  # fmt: skip
 
 _NO_3D = "over 3-D input has no TFLite builtin"
-_POOL_DILATION = "TFLite's pools have no dilation"
 
 #: Cases the pre-flight refuses, by name, with (a key phrase of) the reason it gives.
 REFUSED: dict[str, str] = {
-    # TFLite has 2-D convolutions and pools only (1-D ones run as 2-D over [N, 1, L, C])
-    "test_averagepool_3d_default": _NO_3D,
-    "test_averagepool_3d_dilations_small": _NO_3D,
-    "test_averagepool_3d_dilations_large_count_include_pad_is_0_ceil_mode_is_False": _NO_3D,
-    "test_averagepool_3d_dilations_large_count_include_pad_is_0_ceil_mode_is_True": _NO_3D,
-    "test_averagepool_3d_dilations_large_count_include_pad_is_1_ceil_mode_is_False": _NO_3D,
-    "test_averagepool_3d_dilations_large_count_include_pad_is_1_ceil_mode_is_True": _NO_3D,
-    "test_maxpool_3d_default": _NO_3D,
-    "test_maxpool_3d_dilations": _NO_3D,
-    "test_maxpool_3d_dilations_use_ref_impl": _NO_3D,
-    "test_maxpool_3d_dilations_use_ref_impl_large": _NO_3D,
+    # TRANSPOSE_CONV is 2-D (1-D runs as 2-D over [N, 1, L, C]); 3-D pools run as slices
     "test_convtranspose_3d": _NO_3D,
-    # MAX_POOL_2D / AVERAGE_POOL_2D have no dilation factors
-    "test_averagepool_2d_dilations": _POOL_DILATION,
-    "test_maxpool_2d_dilations": _POOL_DILATION,
     # MAX_POOL_2D returns no argmax
     "test_maxpool_with_argmax_2d_precomputed_pads": "Indices output has no TFLite lowering",
     "test_maxpool_with_argmax_2d_precomputed_strides": "Indices output has no TFLite lowering",

@@ -153,3 +153,31 @@ def test_standalone_batchnorm_and_pad_keep_the_layout():
     with torch.no_grad():
         want = model(x).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_conv1d_chain_stays_channels_last(tmp_path):
+    """1-D convs and pools run as 2-D over [N, 1, L, C]; the NLC region needs no transposes."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv1d(4, 8, 5, padding=2, dilation=1)
+            self.b = nn.Conv1d(8, 8, 3, stride=2, groups=8)
+            self.fc = nn.Linear(8 * 7, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = F.max_pool1d(F.gelu(self.a(x)), 2)
+            return self.fc(torch.flatten(F.avg_pool1d(self.b(y), 1), 1))
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    x = torch.randn(2, 4, 33)
+    res = bx.export_tflite(model, x, tmp_path / "conv1d.tflite")
+    kinds = [op[0] for op in read_model(res.path.read_bytes()).operators]
+    assert kinds.count("TRANSPOSE") <= 2, kinds
+    assert "DEPTHWISE_CONV_2D" in kinds and "MAX_POOL_2D" in kinds
+    with torch.no_grad():
+        want = model(x).numpy()
+    for resolver, got in _litert(res.path, x.numpy()).items():
+        err = float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
+        assert err <= RTOL, f"{resolver}: max error {err:.3g} of the output's range"

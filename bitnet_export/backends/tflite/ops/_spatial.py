@@ -26,6 +26,7 @@ __all__ = [
     "Window",
     "check_spatial_input",
     "explicit_pad",
+    "resolve_pads",
     "spatial_input",
     "spatial_output",
     "tflite_padding",
@@ -76,8 +77,10 @@ def check_spatial_input(node: ir.Node, ranks: tuple[int, ...] = (3, 4)) -> str |
     return None
 
 
-def window(node: ir.Node, in_spatial: list[int], kernel: list[int]) -> Window:
-    """Kernel, strides, dilations and explicit pads (``auto_pad`` resolved) as a 2-D window."""
+def resolve_pads(
+    node: ir.Node, in_spatial: list[int], kernel: list[int]
+) -> tuple[list[int], list[int], list[int], list[int]]:
+    """``(strides, dilations, pads_begin, pads_end)`` per spatial axis, ``auto_pad`` resolved."""
     n = len(in_spatial)
     strides = _ints(node, "strides", [1] * n)
     dilations = _ints(node, "dilations", [1] * n)
@@ -96,6 +99,13 @@ def window(node: ir.Node, in_spatial: list[int], kernel: list[int]) -> Window:
     else:
         pads = _ints(node, "pads", [0] * (2 * n))
         begin, end = pads[:n], pads[n:]
+    return strides, dilations, begin, end
+
+
+def window(node: ir.Node, in_spatial: list[int], kernel: list[int]) -> Window:
+    """Kernel, strides, dilations and explicit pads (``auto_pad`` resolved) as a 2-D window."""
+    n = len(in_spatial)
+    strides, dilations, begin, end = resolve_pads(node, in_spatial, kernel)
     if n == 1:  # 1-D: the 2-D op over [N, 1, L, C]
         kernel, strides, dilations = [1, *kernel], [1, *strides], [1, *dilations]
         begin, end = [0, *begin], [0, *end]

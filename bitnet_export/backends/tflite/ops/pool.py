@@ -1,4 +1,4 @@
-"""Pooling -> TFLite builtins, computed in NHWC (1-D pools as 2-D over ``[N, 1, L, C]``).
+"""Pooling -> TFLite, computed channels-last (1-D pools as 2-D over ``[N, 1, L, C]``).
 
 * ``MaxPool`` -> MAX_POOL_2D. Padding never wins a max (ONNX and TFLite's SAME both ignore
   it); pads other than SAME's, and ``ceil_mode`` windows, become a PADV2 with -inf, then VALID.
@@ -9,6 +9,8 @@
   the number of window elements ONNX divides by at each output position (real elements only,
   or real + pads; ceil_mode windows past the pads count neither). That MUL is one more float32
   rounding than ONNX's ``sum / count``: results may be 1 ulp apart.
+* 3-D and dilated pools (no builtin): separable per-axis STRIDED_SLICE taps combined with
+  MAXIMUM / ADD, then a DIV by ONNX's count (see :func:`_sliced_pool`).
 * ``GlobalAveragePool`` / ``GlobalMaxPool`` -> MEAN / REDUCE_MAX over the spatial axes of the
   channels-last tensor (keep_dims): the output ``[N, 1, 1, C]`` is the channels-last view of
   ONNX's ``[N, C, 1, 1]``.
@@ -24,6 +26,7 @@ from bitnet_export.backends.tflite.ops._spatial import (
     Window,
     check_spatial_input,
     explicit_pad,
+    resolve_pads,
     spatial_dims,
     spatial_input,
     spatial_output,
@@ -42,14 +45,11 @@ def _kernel(node: ir.Node) -> list[int]:
 
 
 def _check_pool(node: ir.Node) -> str | None:
-    problem = check_spatial_input(node)
+    problem = check_spatial_input(node, ranks=(3, 4, 5))
     if problem:
         return problem
     if "kernel_shape" not in node.attributes:
         return f"{node.op_type} without kernel_shape is not valid ONNX"
-    d = node.attributes.get("dilations")
-    if d is not None and any(v != 1 for v in d.as_ints()):
-        return f"{node.op_type} with dilations != 1: TFLite's pools have no dilation"
     if any(o.uses() or o.is_graph_output() for o in node.outputs[1:]):
         return "MaxPool's Indices output has no TFLite lowering (MAX_POOL_2D returns values only)"
     if spatial_dims(node.outputs[0]) is None:
@@ -65,7 +65,16 @@ def _end_pads(w: Window, in_hw: list[int], out_hw: list[int]) -> tuple[int, int]
     )
 
 
+def _needs_slices(node: ir.Node) -> bool:
+    """Whether the pool is beyond TFLite's 2-D, undilated builtins (3-D, or dilated)."""
+    d = node.attributes.get("dilations")
+    return len(node_input(node, 0).shape or ()) == 5 or (d is not None and any(v != 1 for v in d.as_ints()))
+
+
 def _pool(ctx: LoweringContext, node: ir.Node, kind: str) -> None:
+    if _needs_slices(node):
+        _sliced_pool(ctx, node, kind == "MAX_POOL_2D")
+        return
     x, nhwc, sig = spatial_input(ctx, node)
     k = _kernel(node)
     win = window(node, nhwc[1:3] if len(k) == 2 else nhwc[2:3], k)
@@ -122,6 +131,98 @@ def _area_over_count(w: Window, in_hw: list[int], out_hw: list[int], include_pad
     if np.all(count == area):
         return None
     return (area / count.astype(np.float64)).astype(np.float32).reshape(1, out_hw[0], out_hw[1], 1)
+
+
+def _sliced_pool(ctx: LoweringContext, node: ir.Node, is_max: bool) -> None:
+    """A pool TFLite's builtins cannot run (3-D, dilated) as separable per-axis reductions.
+
+    A window is a box, so its max is the max over each axis in turn, and its sum the sum over
+    each axis in turn. Per spatial axis (channels-last): pad (-inf for max, zeros for average;
+    ceil_mode's overhang included), take the k strided slices ``j*d :: s`` (tap j of every
+    window) and combine them with MAXIMUM / ADD. An average then divides by ONNX's count per
+    output position (the product of the per-axis counts of real, or real + pad, elements), one
+    float32 division as in ONNX's reference (the sums are added in another order: a few ulps).
+    """
+    x_val = node_input(node, 0)
+    dims, sig = ctx.shape(x_val)
+    rank = len(dims)
+    perm = channels_last(rank)
+    cur = ctx.tensor(x_val, node, perm)
+    cur_dims, cur_sig = [dims[i] for i in perm], [sig[i] for i in perm]
+    k = _kernel(node)
+    in_sp = cur_dims[1:-1]
+    out_sp = [int(d) for d in spatial_dims(node.outputs[0]) or []]
+    strides, dil, begin, end = resolve_pads(node, in_sp, k)
+    b = ctx.builder
+    counts = []
+    include = node.attributes.get("count_include_pad")
+    include_pad = include is not None and include.as_int() == 1
+    for i in range(len(k)):
+        axis = 1 + i
+        need = max(0, (out_sp[i] - 1) * strides[i] + (k[i] - 1) * dil[i] + 1 - in_sp[i] - begin[i])
+        if begin[i] or need:
+            pads = np.zeros((rank, 2), np.int32)
+            pads[axis] = (begin[i], need)
+            cur_dims = list(cur_dims)
+            cur_dims[axis] += begin[i] + need
+            cur_sig = [-1 if s == -1 else d for s, d in zip(cur_sig, cur_dims, strict=True)]
+            padded = b.add_tensor(ctx.name(node, f"padded_{i}"), cur_dims, "float32", shape_signature=cur_sig)
+            p = b.add_constant(ctx.name(node, f"paddings_{i}"), pads)
+            if is_max:
+                v = b.add_constant(ctx.name(node, "minus_inf"), np.array([-np.inf], np.float32))
+                b.add_op("PADV2", [cur, p, v], [padded], name=node.name)
+            else:
+                b.add_op("PAD", [cur, p], [padded], name=node.name)
+            cur = padded
+        out_dims = list(cur_dims)
+        out_dims[axis] = out_sp[i]
+        out_sig = [-1 if s == -1 else d for s, d in zip(cur_sig, out_dims, strict=True)]
+        mask = ((1 << rank) - 1) & ~(1 << axis)  # every other axis: whole
+        acc = -1
+        for j in range(k[i]):
+            lo = j * dil[i]
+            start, stop, step = [0] * rank, list(cur_dims), [1] * rank
+            start[axis], stop[axis], step[axis] = lo, lo + (out_sp[i] - 1) * strides[i] + 1, strides[i]
+            tap = b.add_tensor(
+                ctx.name(node, f"axis{i}_tap{j}"), out_dims, "float32", shape_signature=out_sig
+            )
+            b.add_op(
+                "STRIDED_SLICE",
+                [
+                    cur,
+                    b.add_constant(ctx.name(node, f"axis{i}_begin{j}"), np.array(start, np.int32)),
+                    b.add_constant(ctx.name(node, f"axis{i}_end{j}"), np.array(stop, np.int32)),
+                    b.add_constant(ctx.name(node, f"axis{i}_strides"), np.array(step, np.int32)),
+                ],
+                [tap],
+                name=node.name,
+                beginMask=mask,
+                endMask=mask,
+            )
+            if acc < 0:
+                acc = tap
+                continue
+            both = b.add_tensor(
+                ctx.name(node, f"axis{i}_acc{j}"), out_dims, "float32", shape_signature=out_sig
+            )
+            if is_max:
+                b.add_op("MAXIMUM", [acc, tap], [both], name=node.name)
+            else:
+                b.add_op("ADD", [acc, tap], [both], name=node.name, fusedActivationFunction=0)
+            acc = both
+        cur, cur_dims, cur_sig = acc, out_dims, out_sig
+        lo_ok, hi_ok = (-begin[i], in_sp[i] + end[i]) if include_pad else (0, in_sp[i])
+        pos = (np.arange(out_sp[i]) * strides[i] - begin[i])[:, None] + np.arange(k[i])[None, :] * dil[i]
+        counts.append(((pos >= lo_ok) & (pos < hi_ok)).sum(axis=1))
+    if is_max:
+        ctx.bind(node.outputs[0], cur, perm)
+        return
+    out = ctx.new_tensor(node.outputs[0], perm=perm)
+    count = counts[0].astype(np.float64)
+    for c in counts[1:]:
+        count = np.multiply.outer(count, c)
+    div = b.add_constant(ctx.name(node, "count"), count.astype(np.float32).reshape([1, *out_sp, 1]))
+    b.add_op("DIV", [cur, div], [out], name=node.name, fusedActivationFunction=0)
 
 
 @lowers("MaxPool", check=_check_pool)
