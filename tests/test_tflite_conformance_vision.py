@@ -50,8 +50,6 @@ REFUSED: dict[str, str] = {
     # MAX_POOL_2D returns no argmax
     "test_maxpool_with_argmax_2d_precomputed_pads": "Indices output has no TFLite lowering",
     "test_maxpool_with_argmax_2d_precomputed_strides": "Indices output has no TFLite lowering",
-    # a runtime kernel is dilated at export only when it is a constant (see the const variant)
-    "test_convtranspose_dilations": "dilations != 1 needs a constant weight",
     # training-mode batch norm (batch statistics, running-stat outputs)
     "test_batchnorm_example_training_mode": "training_mode=1",
     "test_batchnorm_epsilon_training_mode": "training_mode=1",
@@ -71,7 +69,7 @@ CONSTANT_VARIANTS: dict[str, tuple[tuple[int, ...], ...]] = {
 }
 
 #: Refused cases that pass once their weights are constants.
-_CONSTANT_FIXES = {"test_convtranspose_dilations"}
+_CONSTANT_FIXES: set[str] = set()
 
 CASES = float32_cases(OP_TYPES)
 CONSTANT_CASES = [

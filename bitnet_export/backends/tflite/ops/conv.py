@@ -6,12 +6,13 @@
   C/g]`` (depthwise: ``[1, kH, kW, M]``), transposed at export when constant, by a TRANSPOSE
   when they are runtime values.
 * ``ConvTranspose`` (1-D, 2-D; groups by SPLIT + CONCATENATION; dilation by a zero-dilated
-  constant kernel, exact) -> TRANSPOSE_CONV with VALID padding
-  (the full ``(in - 1) * s + k`` output), then the ONNX output window is cut out by SLICE (pads)
-  and PAD (output_padding past the full output is zeros), then the bias is ADDed (it applies
-  to the padded border too, as in ONNX).
-* ``BatchNormalization`` (inference) -> MUL + ADD per channel in the input's layout. Conv ->
-  BN pairs are folded into the conv before the backend (:mod:`bitnet_export.passes.fold_batchnorm`).
+  kernel, exact: built at export, or by a 0/1 FULLY_CONNECTED for a runtime kernel) ->
+  TRANSPOSE_CONV with VALID padding (the full ``(in - 1) * s + k`` output); the ONNX output
+  window is then cut out by SLICE (pads) and PAD (output_padding past the full output is
+  zeros), and the bias ADDed (it applies to the padded border too, as in ONNX).
+* ``BatchNormalization`` (inference) -> MUL + ADD per channel in the input's layout. A Conv ->
+  BN pair folds into the conv with :mod:`bitnet_export.passes.fold_batchnorm` (torch's exporter
+  already folds eval-mode Conv2d -> BatchNorm2d itself; a BN after a ReLU stays a BN).
 
 Numerics: float32 accumulation in TFLite's kernels, in another order than ONNX's reference
 (a few ulps on long reductions).
@@ -181,13 +182,6 @@ def _check_conv_transpose(node: ir.Node) -> str | None:
         return problem
     x = node_input(node, 0)
     assert x.shape is not None
-    d = node.attributes.get("dilations")
-    w_val = node.inputs[1] if len(node.inputs) > 1 else None
-    if d is not None and any(v != 1 for v in d.as_ints()) and (w_val is None or w_val.const_value is None):
-        return (
-            "ConvTranspose with dilations != 1 needs a constant weight (TRANSPOSE_CONV has no "
-            "dilation: the kernel is dilated with zeros at export)"
-        )
     c, g = x.shape[1], _group(node)
     if not isinstance(c, int) or g < 1 or c % g:
         return f"ConvTranspose group={g} does not divide C_in={c}"
@@ -197,6 +191,40 @@ def _check_conv_transpose(node: ir.Node) -> str | None:
     if spatial_dims(node.outputs[0]) is None:
         return "ConvTranspose needs a static output shape; export with a static shape"
     return None
+
+
+def _dilate_runtime_filter(
+    ctx: LoweringContext, node: ir.Node, w_val: ir.Value, w_shape: list[int], k_eff: list[int], dil: list[int]
+) -> int:
+    """A runtime ConvTranspose kernel ``[C, M/g, k...]`` dilated to ``[M/g, kH', kW', C]``.
+
+    Zero insertion is a linear map of the flattened taps: FULLY_CONNECTED with a constant 0/1
+    matrix (one 1 per output tap: exact copies), then a TRANSPOSE to TRANSPOSE_CONV's layout.
+    """
+    b = ctx.builder
+    c, mg = w_shape[0], w_shape[1]
+    k = [1, w_shape[2]] if len(w_shape) == 3 else w_shape[2:]
+    taps = np.zeros((k_eff[0] * k_eff[1], k[0] * k[1]), np.float32)
+    for i in range(k[0]):
+        for j in range(k[1]):
+            taps[i * dil[0] * k_eff[1] + j * dil[1], i * k[1] + j] = 1.0
+    flat = b.add_tensor(ctx.name(node, "filter_taps"), [c * mg, k[0] * k[1]], "float32")
+    shape = b.add_constant(ctx.name(node, "filter_taps_shape"), np.array([c * mg, k[0] * k[1]], np.int32))
+    b.add_op("RESHAPE", [ctx.tensor(w_val, node), shape], [flat], name=node.name)
+    spread = b.add_tensor(ctx.name(node, "filter_dilated_taps"), [c * mg, taps.shape[0]], "float32")
+    m = b.add_constant(ctx.name(node, "dilation_taps"), taps)
+    b.add_op("FULLY_CONNECTED", [flat, m, -1], [spread], name=node.name, fusedActivationFunction=0)
+    four = [c, mg, k_eff[0], k_eff[1]]
+    as4 = b.add_tensor(ctx.name(node, "filter_dilated_4d"), four, "float32")
+    b.add_op(
+        "RESHAPE",
+        [spread, b.add_constant(ctx.name(node, "filter_4d_shape"), np.array(four, np.int32))],
+        [as4],
+    )
+    out = b.add_tensor(ctx.name(node, "filter_dilated"), [mg, k_eff[0], k_eff[1], c], "float32")
+    perm = b.add_constant(ctx.name(node, "filter_perm"), np.array([1, 2, 3, 0], np.int32))
+    b.add_op("TRANSPOSE", [as4, perm], [out], name=node.name)
+    return out
 
 
 def _transpose_offsets(node: ir.Node, in_sp: list[int], k: list[int], out_sp: list[int]) -> list[int]:
@@ -249,13 +277,15 @@ def lower_conv_transpose(ctx: LoweringContext, node: ir.Node) -> None:
         strides, offsets, k_eff, dil = [1, *strides], [0, *offsets], [1, *k_eff], [1, *dil]
     full = [(nhwc[1 + i] - 1) * strides[i] + k_eff[i] for i in range(2)]
     b = ctx.builder
-    if any(d != 1 for d in dil):  # a dilated kernel is the kernel with d-1 zeros between taps
-        assert w_val.const_value is not None
+    if any(d != 1 for d in dil) and w_val.const_value is not None:
+        # a dilated kernel is the kernel with d-1 zeros between taps: built at export
         w = w_val.const_value.numpy().astype(np.float32)
         w = w.reshape(w_shape[0], w_shape[1], 1, w_shape[2]) if one_d else w
         dilated = np.zeros((*w.shape[:2], k_eff[0], k_eff[1]), np.float32)
         dilated[:, :, :: dil[0], :: dil[1]] = w
         filt = b.add_constant(ctx.name(node, "filter_dilated"), np.transpose(dilated, (1, 2, 3, 0)).copy())
+    elif any(d != 1 for d in dil):
+        filt = _dilate_runtime_filter(ctx, node, w_val, w_shape, k_eff, dil)
     else:
         filt = _filter(ctx, node, w_val, (1, 2, 3, 0))  # [M/g, kH, kW, C_in]
     full_dims = [nhwc[0], full[0], full[1], m]
