@@ -47,9 +47,6 @@ _NO_3D = "over 3-D input has no TFLite builtin"
 REFUSED: dict[str, str] = {
     # TRANSPOSE_CONV is 2-D (1-D runs as 2-D over [N, 1, L, C]); 3-D pools run as slices
     "test_convtranspose_3d": _NO_3D,
-    # MAX_POOL_2D returns no argmax
-    "test_maxpool_with_argmax_2d_precomputed_pads": "Indices output has no TFLite lowering",
-    "test_maxpool_with_argmax_2d_precomputed_strides": "Indices output has no TFLite lowering",
     # training-mode batch norm (batch statistics, running-stat outputs)
     "test_batchnorm_example_training_mode": "training_mode=1",
     "test_batchnorm_epsilon_training_mode": "training_mode=1",
