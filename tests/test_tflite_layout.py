@@ -7,6 +7,7 @@ Small torch CNNs exported end to end with :func:`bitnet_export.export_tflite`, r
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from torch import nn
@@ -181,3 +182,44 @@ def test_conv1d_chain_stays_channels_last(tmp_path):
     for resolver, got in _litert(res.path, x.numpy()).items():
         err = float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
         assert err <= RTOL, f"{resolver}: max error {err:.3g} of the output's range"
+
+
+def test_global_pool_region_ends_without_a_transpose():
+    """An ONNX Conv -> GlobalAveragePool -> Flatten -> Gemm graph: [N, 1, 1, C] leaves the
+    NHWC region by a RESHAPE (only size-1 dims move), so the input's TRANSPOSE is the only one."""
+    import onnx_ir as ir
+    from ai_edge_litert.interpreter import Interpreter
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    from bitnet_export.backends.tflite.convert import convert_hub
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((6, 3, 3, 3)).astype(np.float32), "W"),
+        numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "B"),
+        numpy_helper.from_array(rng.standard_normal((6, 4)).astype(np.float32), "G"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "G"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+        inits,
+    )
+    proto = onnx.shape_inference.infer_shapes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    )
+    data = convert_hub(ir.from_proto(proto), {}, "int8", 2)
+    kinds = [op[0] for op in read_model(data).operators]
+    assert kinds.count("TRANSPOSE") == 1, kinds
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    got = Interpreter(model_content=data).get_signature_runner()(x=x)["y"]
+    np.testing.assert_allclose(got, ReferenceEvaluator(proto).run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)

@@ -315,9 +315,17 @@ class LoweringContext:
         dims, sig = self.shape(value)
         if out_perm is not None:
             dims, sig = [dims[i] for i in out_perm], [sig[i] for i in out_perm]
-        src_name = self.builder.tensors[src].name
-        dtype = self.builder.tensors[src].dtype
+        src_t = self.builder.tensors[src]
+        src_name, dtype = src_t.name, src_t.dtype
         idx = self.builder.add_tensor(f"{src_name}/transposed", dims, dtype, shape_signature=sig)
+        src_sig = [0] * len(perm)
+        for i, a in enumerate(perm):  # out[i] = src[perm[i]]; symbolic dims (-1) count as moving
+            src_sig[a] = sig[i]
+        moved = [a for a in perm if src_sig[a] != 1]
+        if moved == sorted(moved):  # only size-1 dims change place: the same bytes, reshaped
+            shape_t = self.builder.add_constant(f"{src_name}/shape", np.array(sig, dtype=np.int32))
+            self.builder.add_op("RESHAPE", [src, shape_t], [idx], newShape=list(sig))
+            return idx
         perm_t = self.builder.add_constant(f"{src_name}/perm", np.array(perm, dtype=np.int32))
         self.builder.add_op("TRANSPOSE", [src, perm_t], [idx])
         return idx
