@@ -2,7 +2,9 @@
 
 train (float and BitNet-ternary QAT) -> export ONNX and TFLite in every weight mode -> verify
 each file on every runtime that can run it (ONNX Runtime; LiteRT builtin/reference/XNNPACK)
-against PyTorch on the test split -> summary table and JSON reports. Where a Vulkan device and
+against PyTorch on the test split -> the zoo's architectures (a tiny BitNet decoder LM, a
+MobileNet-style CNN) exported to ONNX int2 and TFLite hybrid and verified the same way ->
+summary table and JSON reports. Where a Vulkan device and
 the ``ort-webgpu`` environment exist (``make gpu-env``: SwiftShader, or a real GPU), two more
 files run on the GPU adapters (``ort-webgpu``, ``litert-gpu``); otherwise the demo says why not.
 """
@@ -19,6 +21,7 @@ import torch
 from bitnet_export.api import export_onnx, export_tflite, verify
 from bitnet_export.parity.engine import default_targets
 from bitnet_export.training import calibrate, configure_model
+from bitnet_export.zoo import cnn, transformer
 from bitnet_export.zoo.digits import DigitsMLP, accuracy, load_digits, train
 from runtimes import make_adapter
 
@@ -40,6 +43,13 @@ GPU_MODES = (
     ("GPU: ONNX int2 float kernels (WebGPU)", "onnx", "dynamic", "int2", "ort-webgpu"),
     ("GPU: TFLite full-integer int8", "tflite", "static", "int8", "litert-gpu"),
 )
+#: The zoo's architectures: (label, file tag, factory), each exported in ARCH_MODES.
+ARCH_MODELS = (
+    ("tiny BitNet LM", "tiny_lm", transformer.factory),
+    ("mobile CNN", "mobile_cnn", cnn.factory),
+)
+#: (label, format, weight storage) for ARCH_MODELS (per-token activations).
+ARCH_MODES = (("ONNX int2", "onnx", "int2"), ("TFLite hybrid int8", "tflite", "int8"))
 
 
 def _gpu_unavailable() -> str | None:
@@ -62,7 +72,7 @@ class DemoRow:
     size_bytes: int
     max_rel: float
     top1_agreement: float
-    runtime_accuracy: float
+    runtime_accuracy: float | None  # digits rows: accuracy of the runtime's logits on the test split
     passed: bool
 
 
@@ -74,7 +84,7 @@ def run_demo(out_dir: Path = Path("out/demo"), epochs: int = 60, seed: int = 0) 
     """
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    print("step 1/3  train on scikit-learn's bundled 8x8 digits (float MLP vs BitNet ternary QAT)")
+    print("step 1/4  train on scikit-learn's bundled 8x8 digits (float MLP vs BitNet ternary QAT)")
     data = load_digits(seed=seed)
     accs = {}
     models = {}
@@ -87,7 +97,7 @@ def run_demo(out_dir: Path = Path("out/demo"), epochs: int = 60, seed: int = 0) 
 
     gpu_reason = _gpu_unavailable()
     cases = [(*m, None) for m in MODES] + ([] if gpu_reason else list(GPU_MODES))
-    print(f"step 2/3  export ({len(cases)} files) and verify each on its runtimes vs PyTorch")
+    print(f"step 2/4  export ({len(cases)} files) and verify each on its runtimes vs PyTorch")
     rows = []
     for label, fmt, mode, weights, gpu in cases:
         model = copy.deepcopy(models["bitnet"])
@@ -116,14 +126,31 @@ def run_demo(out_dir: Path = Path("out/demo"), epochs: int = 60, seed: int = 0) 
     if gpu_reason:
         print(f"          GPU rows skipped: {gpu_reason}")
 
-    print("step 3/3  summary")
+    print("step 3/4  real architectures from the zoo: export and verify")
+    for name, tag, factory in ARCH_MODELS:
+        model, example = factory()
+        for mode_label, fmt, weights in ARCH_MODES:
+            path = out_dir / f"{tag}_{weights}.{fmt}"
+            res = (export_onnx if fmt == "onnx" else export_tflite)(model, example, path, weights=weights)
+            report = verify(model, example, res.path, default_targets(res.path)[:2])
+            report.to_json(out_dir / f"{tag}_{weights}.{fmt}.parity.json")
+            print(report.format_table())
+            metrics = [m for r in report.results for m in r.outputs]
+            worst = max((m.max_rel for m in metrics), default=float("nan"))
+            top1 = min(((m.top1_agreement or 0.0) for m in metrics), default=0.0)
+            rows.append(
+                DemoRow(f"{name}: {mode_label}", res.path, res.size_bytes, worst, top1, None, report.passed)
+            )
+
+    print("step 4/4  summary")
     header = f"{'file':<40} {'size':>9} {'max rel err':>11} {'top-1 agr':>9} {'rt acc':>8}  result"
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
             f"{r.label:<40} {r.size_bytes / 1024:>7.1f}KB {r.max_rel:>11.2e} {r.top1_agreement * 100:>8.1f}% "
-            f"{r.runtime_accuracy * 100:>7.2f}%  {'PASS' if r.passed else 'FAIL'}"
+            + (f"{r.runtime_accuracy * 100:>7.2f}%" if r.runtime_accuracy is not None else f"{'-':>8}")
+            + f"  {'PASS' if r.passed else 'FAIL'}"
         )
     print(f"files and JSON reports in {out_dir}/ ({time.perf_counter() - t0:.1f} s)")
     return rows

@@ -143,8 +143,17 @@ def _assert_lm_top1(report, name: str) -> None:
             assert m.top1_agreement == 1.0, f"{r.target}: top-1 agreement {m.top1_agreement} on the logits"
 
 
-@pytest.mark.parametrize("perturbed", [False, True], ids=["fresh", "perturbed"])
-@pytest.mark.parametrize("name", sorted(MODELS))
+#: HF MobileNetV2's fresh init (conv weights ~N(0, 0.02), identity BN) shrinks activations by
+#: ~10x per block: its fresh logits are ~1e-26, a degenerate comparison the engine refuses.
+#: It runs with perturbed BN statistics only; the zoo's MobileCNN covers a fresh CNN.
+DYNAMIC_CASES = [(n, p) for n in sorted(MODELS) for p in (False, True) if p or n != "hf-mobilenet-v2"]
+
+
+@pytest.mark.parametrize(
+    ("name", "perturbed"),
+    DYNAMIC_CASES,
+    ids=[f"{n}-{'perturbed' if p else 'fresh'}" for n, p in DYNAMIC_CASES],
+)
 def test_dynamic_exports_verify(tmp_path, name, perturbed):
     """Per-token BitNet layers: ONNX int8/int2 on ORT, TFLite hybrid on LiteRT builtin/reference."""
     model, example = _build(name, perturbed, "dynamic")
