@@ -22,6 +22,7 @@ from bitnet_export.errors import ExportError
 from bitnet_export.parity.engine import run_parity, seeded_inputs
 from bitnet_export.parity.report import ParityReport, Tolerance
 from bitnet_export.passes.annotate import annotate
+from bitnet_export.passes.fold_batchnorm import fold_batchnorm
 from bitnet_export.passes.name_nodes import name_nodes
 from runtimes.protocol import RuntimeAdapter
 
@@ -263,6 +264,7 @@ def export_tflite(
     )
     hub = captured.model
     name_nodes(hub)
+    fold_batchnorm(hub)  # a BatchNormalization right after a Conv: into its weights
     say(f"lowering to TFLite with weights={weights}")
     batch = _batch_of(args) or 1
     data = convert_hub(

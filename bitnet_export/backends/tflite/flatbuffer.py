@@ -88,6 +88,8 @@ _OPTION_TABLES: Final = {
     "SPLIT_V": "SplitVOptions",
     "PADV2": "PadV2Options",
     "CUMSUM": "CumsumOptions",
+    "CONV_3D": "Conv3DOptions",
+    "CONV_3D_TRANSPOSE": "Conv3DOptions",
     "BATCH_MATMUL": "BatchMatMulOptions",
 }
 
