@@ -7,10 +7,8 @@ See ``tflite_conformance.py`` for how cases are selected, frozen and compared.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-from tflite_conformance import Outcome, float32_cases, format_summary, op_type_of, run_case, summarize
+from tflite_conformance import Suite
 
 pytest.importorskip("ai_edge_litert.interpreter", reason="LiteRT (ai-edge-litert) is not installed")
 
@@ -55,49 +53,22 @@ CONSTANT_VARIANTS: dict[str, tuple[tuple[int, ...], ...]] = {
     "Less": ((1,),),
 }
 
-CASES = float32_cases(OP_TYPES)
-CONSTANT_CASES = [
-    (case, frozen)
-    for case in float32_cases(CONSTANT_VARIANTS)
-    for frozen in CONSTANT_VARIANTS[op_type_of(case)]
-]
-_OUTCOMES: dict[tuple[str, tuple[int, ...]], Outcome] = {}
+SUITE = Suite(OP_TYPES, REFUSED, CONSTANT_VARIANTS)
 
 
-def _outcome(case: Any, frozen: tuple[int, ...] = ()) -> Outcome:
-    key = (case.name, frozen)
-    if key not in _OUTCOMES:
-        _OUTCOMES[key] = run_case(case, frozen)
-    return _OUTCOMES[key]
-
-
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("case", SUITE.cases, ids=[c.name for c in SUITE.cases])
 def test_case(case):
-    outcome = _outcome(case)
-    if case.name in REFUSED:
-        assert outcome.status == "refused", f"{case.name} was expected to be refused: {outcome}"
-        assert REFUSED[case.name] in outcome.detail, outcome.detail
-        pytest.xfail(f"refused by the pre-flight: {REFUSED[case.name]}")
-    assert outcome.status == "pass", outcome.detail
+    SUITE.check_case(case)
 
 
 @pytest.mark.parametrize(
     ("case", "frozen"),
-    CONSTANT_CASES,
-    ids=[f"{c.name}-const{''.join(map(str, f))}" for c, f in CONSTANT_CASES],
+    SUITE.constant_cases,
+    ids=[f"{c.name}-const{''.join(map(str, f))}" for c, f in SUITE.constant_cases],
 )
 def test_case_with_constant_weights(case, frozen):
-    outcome = _outcome(case, frozen)
-    assert outcome.status == "pass", outcome.detail
+    SUITE.check_constant_case(case, frozen)
 
 
 def test_pass_rate():
-    outcomes = [_outcome(c) for c in CASES]
-    summary = summarize(outcomes)
-    print()
-    print(format_summary(summary))
-    for o in outcomes:
-        if o.status != "pass":
-            print(f"  {o.status}: {o.name}: {o.detail[:200]}")
-    passed = sum(v[0] for v in summary.values())
-    assert passed >= 0.9 * len(outcomes), f"{passed}/{len(outcomes)} float32 cases pass"
+    SUITE.check_pass_rate(0.9)

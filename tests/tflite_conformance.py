@@ -380,3 +380,70 @@ def format_summary(summary: dict[str, tuple[int, int, int]]) -> str:
     total = sum(v[2] for v in summary.values())
     lines.append(f"{'all':<22}{passed:>8}{'':>9}{total:>7}  ({100 * passed / max(total, 1):.1f} % pass)")
     return "\n".join(lines)
+
+
+class Suite:
+    """One op-family suite: its float32 cases, the refusals it expects, constant-weight variants.
+
+    Outcomes are memoized (each case runs once on LiteRT per session); the ``check_*`` methods
+    are the bodies of the suite's parametrized tests.
+
+    Args:
+        op_types: the ONNX op types the suite covers.
+        refused: case name -> a phrase of the reason the pre-flight must give for refusing it.
+        constant_variants: op type -> input positions to make initializers (one run each).
+        constant_fixes: refused cases that pass once their weights are constants.
+    """
+
+    def __init__(
+        self,
+        op_types: Iterable[str],
+        refused: dict[str, str],
+        constant_variants: dict[str, tuple[tuple[int, ...], ...]],
+        constant_fixes: Iterable[str] = (),
+    ) -> None:
+        fixes = set(constant_fixes)
+        self.refused = refused
+        self.cases = float32_cases(op_types)
+        self.constant_cases = [
+            (case, frozen)
+            for case in float32_cases(constant_variants)
+            for frozen in constant_variants[op_type_of(case)]
+            if case.name not in refused or case.name in fixes
+        ]
+        self._outcomes: dict[tuple[str, tuple[int, ...]], Outcome] = {}
+
+    def outcome(self, case: Any, frozen: tuple[int, ...] = ()) -> Outcome:
+        """The (memoized) outcome of ``case`` with the inputs ``frozen`` made constants."""
+        key = (case.name, frozen)
+        if key not in self._outcomes:
+            self._outcomes[key] = run_case(case, frozen)
+        return self._outcomes[key]
+
+    def check_case(self, case: Any) -> None:
+        """Pass, or (for an expected refusal) be refused by the pre-flight with its reason: xfail."""
+        import pytest
+
+        outcome = self.outcome(case)
+        if case.name in self.refused:
+            assert outcome.status == "refused", f"{case.name} was expected to be refused: {outcome}"
+            assert self.refused[case.name] in outcome.detail, outcome.detail
+            pytest.xfail(f"refused by the pre-flight: {self.refused[case.name]}")
+        assert outcome.status == "pass", outcome.detail
+
+    def check_constant_case(self, case: Any, frozen: tuple[int, ...]) -> None:
+        """The constant-weight variant passes."""
+        outcome = self.outcome(case, frozen)
+        assert outcome.status == "pass", outcome.detail
+
+    def check_pass_rate(self, minimum: float = 0.9) -> None:
+        """At least ``minimum`` of the cases pass; prints the per-op figures (``pytest -s``)."""
+        outcomes = [self.outcome(c) for c in self.cases]
+        summary = summarize(outcomes)
+        print()
+        print(format_summary(summary))
+        for o in outcomes:
+            if o.status != "pass":
+                print(f"  {o.status}: {o.name}: {o.detail[:200]}")
+        passed = sum(v[0] for v in summary.values())
+        assert passed >= minimum * len(outcomes), f"{passed}/{len(outcomes)} float32 cases pass"
