@@ -183,13 +183,21 @@ def test_static_exports_verify(tmp_path, name):
 @pytest.mark.skipif(find_env() is None, reason="emulated aarch64 environment missing: run `make arm-env`")
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_emulated_arm_core(tmp_path, name):
-    """One emulated aarch64 core (neoverse-n1): ORT on the int2 ONNX file, LiteRT builtin on TFLite."""
+    """One emulated aarch64 core (neoverse-n1), ORT and LiteRT builtin: the int2 ONNX file and the
+    hybrid TFLite file, then the calibrated model's int8 QDQ ONNX and full-integer TFLite files."""
+    targets = [f"{ARM_CORE}:ort", f"{ARM_CORE}:litert-builtin"]
     model, example = _build(name, True, "dynamic")
     onnx2 = bx.export_onnx(model, example, tmp_path / "m2.onnx", weights="int2").path
     tfl = bx.export_tflite(model, example, tmp_path / "m.tflite", weights="int8").path
-    report = bx.verify(
-        model, example, [onnx2, tfl], targets=[f"{ARM_CORE}:ort", f"{ARM_CORE}:litert-builtin"]
-    )
+    report = bx.verify(model, example, [onnx2, tfl], targets=targets)
     assert report.passed, report.format_table()
     assert any(r.runtime.get("emulated") for r in report.results)
     _assert_lm_top1(report, name)
+    static, example = _build(name, True, "static")
+    onnx8 = bx.export_onnx(static, example, tmp_path / "s.onnx", weights="int8").path
+    tfl_int = bx.export_tflite(static, example, tmp_path / "s.tflite", weights="int8").path
+    report = bx.verify(static, example, [onnx8, tfl_int], targets=targets)
+    assert report.passed, report.format_table()
+    for r in report.results:
+        if r.target.endswith("vs x86") and ":ort" in r.target:
+            assert all(m.max_rel <= 1e-6 for m in r.outputs)  # ORT's integer paths: as on x86

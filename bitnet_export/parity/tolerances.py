@@ -135,9 +135,12 @@ _SAME_AS_HOST = Tolerance(
     "such as LayerNorm/GELU use other vector math on aarch64 (measured <= 7.3e-8)",
 )
 _BUILTIN_VS_HOST = Tolerance(
-    max_lsb=2.0,
+    max_lsb=8.0,
+    min_cosine=0.999,
     note="x86's optimized builtin int8 FC is +1 LSB on some outputs (compounding to 2 over a "
-    "chain); the arm builtin kernel equals the reference kernels",
+    "chain, to 6.0 through the norms and attention of a 2-layer HF BitNet LM: the bound of "
+    "litert-builtin vs PyTorch); the arm builtin kernel equals the reference kernels (measured "
+    "5e-6 LSB from the requantizing reference on that LM)",
 )
 _HYBRID_VS_HOST = Tolerance(
     max_rel=1e-6,
