@@ -458,3 +458,23 @@ def test_converted_hf_model_exports_to_onnx(tmp_path: Path) -> None:
     # (ORT's norms and softmax round differently from PyTorch's; measured: 1 of 24 positions)
     assert float(per_position.median()) <= REL_BOUND
     assert float(per_position.max()) <= 1e-2
+
+
+def test_gpt2_conv1d_layers_are_converted(tmp_path):
+    """transformers' Conv1D (GPT-2: weight [in, out]) converts like a Linear, weights transposed."""
+    cfg = transformers.GPT2Config(
+        vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=64, use_cache=False
+    )
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(cfg).eval()
+    model, report = be.convert_to_bitnet(hf, return_report=True)
+    paths = [c.path for c in report.converted]
+    assert "transformer.h.0.attn.c_attn" in paths and "transformer.h.1.mlp.c_proj" in paths
+    assert len(paths) == 2 * 4 + 1 and not report.left_float  # c_attn, c_proj, c_fc, mlp.c_proj; lm_head
+    ids = torch.randint(0, 128, (1, 10))
+    be.configure_model(model, enabled=False)  # float BitNetLayers: the same maths as HF's Conv1D
+    torch.testing.assert_close(model(ids).logits, hf(ids).logits, rtol=1e-5, atol=1e-5)
+    be.configure_model(model, enabled=True)
+    path = be.export_onnx(model, ids, tmp_path / "gpt2.onnx", weights="int2").path
+    result = be.verify(model, ids, path, ["ort-cpu"])
+    assert result.passed, result.format_table()

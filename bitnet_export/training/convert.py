@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -132,7 +133,18 @@ def _qualname(module: nn.Module) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-_Kind = Literal["linear", "hf", "custom", "mha"]
+_Kind = Literal["linear", "hf", "custom", "mha", "conv1d"]
+
+
+def _is_hf_conv1d(module: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2 and its family): a linear with weight ``[in, out]``."""
+    utils = sys.modules.get("transformers.pytorch_utils")  # imported iff such modules exist
+    conv1d: Any = getattr(utils, "Conv1D", None)
+    if not isinstance(conv1d, type) or not isinstance(module, conv1d):
+        return False
+    weight = getattr(module, "weight", None)
+    same_forward = getattr(type(module), "forward", None) is getattr(conv1d, "forward", None)
+    return same_forward and isinstance(weight, torch.Tensor) and weight.dim() == 2
 
 
 def _candidates(model: nn.Module) -> list[tuple[str, nn.Module, _Kind]]:
@@ -150,6 +162,8 @@ def _candidates(model: nn.Module) -> list[tuple[str, nn.Module, _Kind]]:
             continue
         if hf_kind(module) is not None:
             found.append((path, module, "hf"))
+        elif _is_hf_conv1d(module):
+            found.append((path, module, "conv1d"))
         elif isinstance(module, nn.Linear):
             if id(module) in inside_mha:
                 found.append((path, module, "mha"))
@@ -287,7 +301,7 @@ def _convert(
                 )
             )
             continue
-        if kind == "linear" and not float_linears:
+        if kind in ("linear", "conv1d") and not float_linears:
             left.append(FloatLayer(path, source, "float in the source model (not an HF BitNet linear)"))
             continue
         if kind == "hf":
@@ -308,6 +322,22 @@ def _convert(
                 left.append(FloatLayer(path, source, "HF BitNet linear with use_rms_norm=True", fix))
                 continue
             layer = bitnet_layer_from_hf(module, path, **options)
+        elif kind == "conv1d":  # y = x @ W + b with W [in, out]: a Linear with weight W^T
+            weight: torch.Tensor = module.weight  # type: ignore[assignment]
+            bias: torch.Tensor | None = getattr(module, "bias", None)
+            layer_precision = plan_precisions[pattern] if pattern is not None else default
+            layer = BitNetLayer(
+                int(weight.shape[0]),
+                int(weight.shape[1]),
+                precision=layer_precision,
+                bias=bias is not None,
+                **options,
+            )
+            with torch.no_grad():
+                layer.weight.copy_(weight.T)
+                if bias is not None and layer.bias is not None:
+                    layer.bias.copy_(bias)
+            layer.to(device=weight.device)
         else:
             linear = module
             if not isinstance(linear, nn.Linear):
