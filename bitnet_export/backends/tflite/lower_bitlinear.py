@@ -46,8 +46,8 @@ def _single_consumer(value: ir.Value) -> ir.Node | None:
     return uses[0].node
 
 
-def _output_quant(node: ir.Node, p: LayerQuantParams) -> tuple[float, int]:
-    """The int8 output's (scale, zero point).
+def _output_quant(node: ir.Node, p: LayerQuantParams) -> tuple[float, int, bool]:
+    """The int8 output's (scale, zero point) and whether it stays in an int8 chain.
 
     When the output feeds exactly one static BitLinear (directly or through one Relu), the FC
     requantizes straight to that layer's input scale and zero point, so the chain stays int8
@@ -60,9 +60,9 @@ def _output_quant(node: ir.Node, p: LayerQuantParams) -> tuple[float, int]:
     if nxt is not None and is_bitlinear(nxt):
         q = read_bitlinear(nxt).input
         if q.mode == "static" and q.scale is not None and q.zero_point is not None:
-            return q.scale, q.zero_point
+            return q.scale, q.zero_point, True
     assert p.output is not None and p.output.scale is not None and p.output.zero_point is not None
-    return p.output.scale, p.output.zero_point
+    return p.output.scale, p.output.zero_point, False
 
 
 def _full_integer(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams) -> None:
@@ -82,8 +82,8 @@ def _full_integer(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams) -> N
         n = p.out_features if p.weight.granularity == "per_channel" else 1
         q = Quant([float(s) for s in bias_scale[:n]], [0] * n, axis=0)
         bias = ctx.builder.add_constant(ctx.name(node, "bias_q"), bq, dtype="int32", quant=q)
-    out_scale, out_zp = _output_quant(node, p)
-    if p.output is not None and (out_scale, out_zp) == (p.output.scale, p.output.zero_point):
+    out_scale, out_zp, chained = _output_quant(node, p)
+    if not chained:  # requantized to its own range, then dequantized: the reference does it too
         ctx.requantized[p.module_path] = (out_scale, out_zp)
     out_value = node.outputs[0]
     # a Relu right after (sole consumer) is fused into the FC: clamping the int8 output at
