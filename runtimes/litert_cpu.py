@@ -118,8 +118,17 @@ def _spec(name: str, details: Mapping[str, Any]) -> _IoSpec:
     )
 
 
-def _signature_key(target: str, path: Path, signatures: Sequence[str]) -> str | None:
-    """``serving_default``, else the only signature, else None (no signature: tensor names)."""
+def _signature_key(
+    target: str, path: Path, signatures: Sequence[str], wanted: str | None = None
+) -> str | None:
+    """``wanted`` when given, else ``serving_default``, else the only signature, else None (no
+    signature: tensor names)."""
+    if wanted is not None:
+        if wanted not in signatures:
+            raise RuntimeAdapterError(
+                f"{target}: {path} has no signature {wanted!r} (it has {list(signatures)})"
+            )
+        return wanted
     if not signatures:
         return None
     if SIGNATURE_KEY in signatures:
@@ -133,10 +142,10 @@ def _signature_key(target: str, path: Path, signatures: Sequence[str]) -> str | 
 
 
 def _io_specs(
-    target: str, path: Path, interp: Interpreter
+    target: str, path: Path, interp: Interpreter, wanted: str | None = None
 ) -> tuple[str | None, list[_IoSpec], list[_IoSpec]]:
     """Signature key, input and output specs of an interpreter (signature order)."""
-    key = _signature_key(target, path, list(interp.get_signature_list()))
+    key = _signature_key(target, path, list(interp.get_signature_list()), wanted)
     if key is None:
         ins = [_spec(d["name"], d) for d in interp.get_input_details()]
         outs = [_spec(d["name"], d) for d in interp.get_output_details()]
@@ -190,6 +199,8 @@ class _SignatureIO:
 
     _inputs: list[_IoSpec]
     _outputs: list[_IoSpec]
+    #: the SignatureDef to run (``None``: ``serving_default`` or the only one)
+    signature: str | None = None
 
     def _require(self) -> object:
         """The loaded interpreter or model; raises before ``load``."""
@@ -216,14 +227,20 @@ class LiteRtInterpreterAdapter(_SignatureIO):
         allow_partial: ``xnnpack`` only: accept a graph that XNNPACK took only in part (the rest
             runs on builtin kernels and the provider reads ``xnnpack+builtin``). Off by default:
             a partial delegation is an error.
+        signature: the SignatureDef to run (a file with several, e.g. ``prefill`` / ``decode``).
 
     Raises:
         ValueError: unknown kernel, non-positive threads.
     """
 
     def __init__(
-        self, kernel: str = "builtin", threads: int | None = None, allow_partial: bool = False
+        self,
+        kernel: str = "builtin",
+        threads: int | None = None,
+        allow_partial: bool = False,
+        signature: str | None = None,
     ) -> None:
+        self.signature = signature
         if kernel not in KERNELS:
             raise ValueError(f"litert: kernel={kernel!r}; choose one of {', '.join(KERNELS)}")
         self.name = f"litert-{kernel}"
@@ -249,7 +266,7 @@ class LiteRtInterpreterAdapter(_SignatureIO):
         self._interp = None
         path = Path(path)
         interp = _open_interpreter(self.name, path, KERNELS[self.kernel], self.threads)
-        key, ins, outs = _io_specs(self.name, path, interp)
+        key, ins, outs = _io_specs(self.name, path, interp, self.signature)
         try:
             interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
@@ -365,6 +382,7 @@ class LiteRtCompiledModelAdapter(_SignatureIO):
         threads: CPU threads (``None``: one).
         allow_partial: accept a model the CPU accelerator took only in part (provider
             ``xnnpack+builtin``). Off by default: that is an error.
+        signature: the SignatureDef to run (``None``: ``serving_default`` or the only one).
 
     Raises:
         ValueError: non-positive threads.
@@ -372,7 +390,10 @@ class LiteRtCompiledModelAdapter(_SignatureIO):
 
     name = "litert-compiled-cpu"
 
-    def __init__(self, threads: int | None = None, allow_partial: bool = False) -> None:
+    def __init__(
+        self, threads: int | None = None, allow_partial: bool = False, signature: str | None = None
+    ) -> None:
+        self.signature = signature
         _require_threads(self.name, threads)
         self.threads = threads
         self.allow_partial = allow_partial
@@ -411,7 +432,7 @@ class LiteRtCompiledModelAdapter(_SignatureIO):
         """Input/output specs read with an Interpreter (checks the file; CompiledModel reports
         no shape signatures)."""
         interp = _open_interpreter(self.name, path, KERNELS["builtin"], None)
-        _, ins, outs = _io_specs(self.name, path, interp)
+        _, ins, outs = _io_specs(self.name, path, interp, self.signature)
         return ins, outs
 
     def _adopt(
@@ -425,7 +446,7 @@ class LiteRtCompiledModelAdapter(_SignatureIO):
         """Keep a compiled model whose inputs match the interpreter's ``io`` specs; check placement."""
         ins, outs = io
         # A model without a SignatureDef gets a "<placeholder signature>" with tensor names.
-        key = _signature_key(self.name, path, signatures)
+        key = _signature_key(self.name, path, signatures, self.signature)
         if key is None:
             raise RuntimeAdapterError(f"{self.name}: LiteRT reports no signature for {path}")
         in_details = model.get_input_tensor_details(key)

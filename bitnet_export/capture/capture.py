@@ -21,6 +21,7 @@ from bitnet_export.capture import bitlinear_op
 from bitnet_export.capture.outputs import output_names as flat_output_names
 from bitnet_export.capture.preflight import check_model, check_ops, format_problems
 from bitnet_export.errors import BitNetExportError, ExportError, InternalError
+from bitnet_export.llm import cache_op
 from bitnet_export.quant.params import LayerQuantParams
 from bitnet_export.training.convert import bitnet_layers
 
@@ -140,10 +141,13 @@ def _dynamic_shapes(args: Sequence[torch.Tensor], dynamic_batch: bool) -> tuple[
 
 
 def _torch_export(
-    model: nn.Module, args: tuple[torch.Tensor, ...], dynamic_batch: bool | str
+    model: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    dynamic_batch: bool | str,
+    dynamic_shapes: tuple[object, ...] | None = None,
 ) -> tuple[torch.export.ExportedProgram, tuple[torch.Tensor, ...]]:
     """``torch.export`` with project errors; returns the program and the arguments traced."""
-    dynamic = dynamic_batch is not False
+    dynamic = dynamic_batch is not False and dynamic_shapes is None
     if dynamic and any(a.dim() > 0 and a.shape[0] == 1 for a in args):
         # torch.export specializes a size-1 dimension to a constant (0/1 specialization): trace
         # with the batch repeated so the exported batch dimension really stays free.
@@ -152,7 +156,12 @@ def _torch_export(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.export.export(
-                model, args, dynamic_shapes=_dynamic_shapes(args, dynamic), strict=False
+                model,
+                args,
+                dynamic_shapes=dynamic_shapes
+                if dynamic_shapes is not None
+                else _dynamic_shapes(args, dynamic),
+                strict=False,
             )
     except Exception as exc:
         cause = _find_cause(exc)
@@ -176,6 +185,7 @@ def capture(
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     dynamic_batch: bool | str = True,
+    dynamic_shapes: tuple[object, ...] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> CapturedModel:
     """Capture ``model`` into the ONNX IR hub.
@@ -227,8 +237,8 @@ def capture(
         names = flat_output_names(eager, "capture (the model's forward)")
         with capture_mode(model) as recorded:
             say("step 1/3 torch.export (BitNetLayers as bitnet_export::bitlinear)")
-            program, args = _torch_export(model, args, dynamic_batch)
-            batch_free = dynamic_batch is not False
+            program, args = _torch_export(model, args, dynamic_batch, dynamic_shapes)
+            batch_free = dynamic_batch is not False if dynamic_shapes is None else False
             if dynamic_batch == "auto" and reads_sizes(program):
                 say("  the model computes with its input sizes: capturing at fixed shapes")
                 args = tuple(example_inputs)
@@ -237,10 +247,10 @@ def capture(
             say("step 2/3 pre-flight op analysis")
             registry, decompose = _onnx_registry()
             decomposed = decompose(program)
-            custom = torch.ops.bitnet_export.bitlinear.default
+            custom = (torch.ops.bitnet_export.bitlinear.default, torch.ops.bitnet_export.cache_update.default)
 
             def supported(target: object) -> bool:
-                if target is custom or not isinstance(target, torch._ops.OpOverload):
+                if target in custom or not isinstance(target, torch._ops.OpOverload):
                     return True  # python operators (getitem, sym ops) are handled by torch
                 if is_assertion(target):
                     return True  # a no-op check torch.export records; torch.onnx drops it
@@ -255,7 +265,7 @@ def capture(
                     program,
                     args,
                     dynamo=True,
-                    custom_translation_table=bitlinear_op.translation_table(),
+                    custom_translation_table=bitlinear_op.translation_table() | cache_op.translation_table(),
                     opset_version=opset,
                     input_names=list(input_names) if input_names else None,
                     output_names=list(output_names) if output_names else None,

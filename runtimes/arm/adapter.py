@@ -122,6 +122,7 @@ class Arm64Adapter:
         session_config: ``ort`` only: ``SessionOptions.add_session_config_entry`` entries.
         allow_partial: ``litert-xnnpack`` only: accept a graph XNNPACK took only in part.
         shared: share one worker process per CPU model (fast); False: a private process.
+        signature: LiteRT only: the SignatureDef to run (``prefill`` / ``decode``...).
 
     Raises:
         ValueError: unknown runtime or CPU model, non-positive timeout or threads.
@@ -138,6 +139,7 @@ class Arm64Adapter:
         session_config: Mapping[str, str] | None = None,
         allow_partial: bool = False,
         shared: bool = True,
+        signature: str | None = None,
     ) -> None:
         if runtime not in RUNTIMES:
             raise ValueError(f"arm64: runtime={runtime!r}; choose one of {', '.join(RUNTIMES)}")
@@ -156,7 +158,7 @@ class Arm64Adapter:
         if runtime == "ort":
             self.options.update(optimization=optimization, session_config=dict(session_config or {}))
         else:
-            self.options.update(allow_partial=allow_partial)
+            self.options.update(allow_partial=allow_partial, signature=signature)
         self._env: ArmEnv | None = None
         self._worker: WorkerProcess | None = None  # the process that holds the loaded model
         self._private: WorkerProcess | None = None  # this adapter's own process (shared=False)

@@ -174,7 +174,12 @@ class LiteRtModel:
             self.in_specs = [(d["name"], d) for d in ins]
             self.out_names = [d["name"] for d in outs]
         else:
-            if _SIGNATURE_KEY in signatures:
+            wanted = options.get("signature")
+            if wanted is not None:
+                if wanted not in signatures:
+                    raise RequestError(f"{path} has no signature {wanted!r} (it has {signatures})")
+                self.key = str(wanted)
+            elif _SIGNATURE_KEY in signatures:
                 self.key = _SIGNATURE_KEY
             elif len(signatures) == 1:
                 self.key = signatures[0]

@@ -129,9 +129,13 @@ class LiteRtGpuAdapter(LiteRtCompiledModelAdapter):
     """
 
     def __init__(
-        self, enforce_f32: bool = True, icd: Path | None = None, allow_partial: bool = False
+        self,
+        enforce_f32: bool = True,
+        icd: Path | None = None,
+        allow_partial: bool = False,
+        signature: str | None = None,
     ) -> None:
-        super().__init__(threads=None, allow_partial=allow_partial)
+        super().__init__(threads=None, allow_partial=allow_partial, signature=signature)
         self.name = "litert-gpu" if enforce_f32 else "litert-gpu-fp16"
         self.enforce_f32 = enforce_f32
         self.icd = None if icd is None else Path(icd)

@@ -27,7 +27,7 @@ from bitnet_export.errors import BitNetExportError, ExportError, InternalError
 from bitnet_export.passes.name_nodes import module_path_of
 from bitnet_export.quant.params import LayerQuantParams
 
-__all__ = ["TFLITE_WEIGHT_MODES", "check_supported", "convert_hub"]
+__all__ = ["TFLITE_WEIGHT_MODES", "check_supported", "convert_hub", "lower_graph"]
 
 TFLITE_WEIGHT_MODES = ("int8", "int4", "int2")
 
@@ -100,23 +100,12 @@ def check_supported(graph: ir.Graph, weights: str | None = None) -> None:
         )
 
 
-def convert_hub(
-    model: ir.Model,
-    layers: Mapping[str, LayerQuantParams],
-    weights: str,
-    batch: int,
-    extra_metadata: Mapping[str, Any] | None = None,
-    weights_after: bool | None = None,
-) -> bytes:
-    """Lower the hub ``model`` to ``.tflite`` bytes.
+def lower_graph(model: ir.Model, weights: str, batch: int) -> tuple[TflModelBuilder, dict[str, Any]]:
+    """Lower the hub ``model`` into a builder (one subgraph) and its output metadata.
 
-    Args:
-        model: the captured hub (BitLinear nodes not yet lowered for ONNX).
-        layers: the recorded parameters per module path (for metadata).
-        weights: ``int8``, ``int4`` or ``int2``.
-        batch: the concrete batch size of the model's tensors (signature keeps -1).
-        extra_metadata: more ``bitnet_export.*`` metadata entries (JSON encoded).
-        weights_after: weights after the flatbuffer (see ``TflModelBuilder.to_bytes``).
+    Returns:
+        The builder (inputs, ops, outputs, signature names) and the ``bitnet_export.*`` entries
+        that describe its outputs (scales, ranges, requantized layers).
 
     Raises:
         ExportError: unsupported ops (all listed), a layer the storage cannot hold, ...
@@ -157,13 +146,40 @@ def convert_hub(
             ]
         builder.outputs.append(ctx.float_tensor(value, value.producer() or next(iter(graph))))
         builder.output_names.append(str(value.name))
+    return builder, {
+        "bitnet_export.output_scales": output_scales,
+        "bitnet_export.output_ranges": output_ranges,
+        "bitnet_export.requantized_outputs": ctx.requantized,
+    }
+
+
+def convert_hub(
+    model: ir.Model,
+    layers: Mapping[str, LayerQuantParams],
+    weights: str,
+    batch: int,
+    extra_metadata: Mapping[str, Any] | None = None,
+    weights_after: bool | None = None,
+) -> bytes:
+    """Lower the hub ``model`` to ``.tflite`` bytes.
+
+    Args:
+        model: the captured hub (BitLinear nodes not yet lowered for ONNX).
+        layers: the recorded parameters per module path (for metadata).
+        weights: ``int8``, ``int4`` or ``int2``.
+        batch: the concrete batch size of the model's tensors (signature keeps -1).
+        extra_metadata: more ``bitnet_export.*`` metadata entries (JSON encoded).
+        weights_after: weights after the flatbuffer (see ``TflModelBuilder.to_bytes``).
+
+    Raises:
+        ExportError: unsupported ops (all listed), a layer the storage cannot hold, ...
+    """
+    builder, outputs_meta = lower_graph(model, weights, batch)
     meta = {
         "bitnet_export.version": __version__,
         "bitnet_export.layers": [p.describe() for p in layers.values()],
         "bitnet_export.weights": weights,
-        "bitnet_export.output_scales": output_scales,
-        "bitnet_export.output_ranges": output_ranges,
-        "bitnet_export.requantized_outputs": ctx.requantized,
+        **outputs_meta,
         **dict(extra_metadata or {}),
     }
     builder.metadata = {k: json.dumps(v, sort_keys=True).encode() for k, v in meta.items()}

@@ -33,6 +33,7 @@ __all__ = [
     "packed_size",
     "read_metadata",
     "read_model",
+    "serialize_signatures",
 ]
 
 #: Builtin operator codes by name (every builtin of the schema; lowerings pick by name).
@@ -248,93 +249,139 @@ class TflModelBuilder:
 
     def _serialize(self, external: Mapping[int, tuple[int, int]]) -> bytes:
         """The flatbuffer; buffers in ``external`` get ``offset/size`` instead of inline data."""
-        inline = sum(len(b) for i, b in enumerate(self.buffers) if i not in external)
-        model = schema.ModelT()
-        model.version = 3
-        model.description = self.description
-        codes: dict[tuple[int, int], int] = {}
-        model.operatorCodes = []
-        sub = schema.SubGraphT()
-        sub.name = "main"
-        sub.tensors = []
-        for t in self.tensors:
-            tt = schema.TensorT()
-            tt.name = t.name
-            tt.shape = list(t.shape)
-            tt.type = TENSOR_TYPES[t.dtype]
-            tt.buffer = t.buffer
-            if t.shape_signature is not None:
-                tt.shapeSignature = list(t.shape_signature)
-            if t.quant is not None:
-                q = schema.QuantizationParametersT()
-                q.scale = [float(s) for s in t.quant.scale]
-                q.zeroPoint = [int(z) for z in t.quant.zero_point]
-                q.quantizedDimension = t.quant.axis
-                tt.quantization = q
-            sub.tensors.append(tt)
-        sub.operators = []
-        for op in self.ops:
-            code = BUILTIN[op.kind]
-            version = int(op.options.get("_version", 1))
-            key = (code, version)
-            if key not in codes:
-                oc = schema.OperatorCodeT()
-                oc.builtinCode = code
-                oc.deprecatedBuiltinCode = min(code, 127)
-                oc.version = version
-                codes[key] = len(model.operatorCodes)
-                model.operatorCodes.append(oc)
-            o = schema.OperatorT()
-            o.opcodeIndex = codes[key]
-            o.inputs = list(op.inputs)
-            o.outputs = list(op.outputs)
-            table = _options_table(op.kind)
-            if table is not None:
-                opt_type, opt_cls = table
-                opts = opt_cls()
-                for k, v in op.options.items():
-                    if k.startswith("_"):
-                        continue
-                    if not hasattr(opts, k):
-                        raise InternalError(f"tflite: {op.kind} has no option {k}")
-                    setattr(opts, k, v)
-                o.builtinOptionsType = opt_type
-                o.builtinOptions = opts
-            sub.operators.append(o)
-        sub.inputs = list(self.inputs)
-        sub.outputs = list(self.outputs)
-        model.subgraphs = [sub]
-        model.buffers = []
-        for i, data in enumerate(self.buffers):
-            b = schema.BufferT()
-            if i in external:
-                b.offset, b.size = external[i]
-            else:
-                b.data = np.frombuffer(data, dtype=np.uint8) if data else None
-            model.buffers.append(b)
-        model.metadata = []
-        for meta_name, value in self.metadata.items():
-            b = schema.BufferT()
-            b.data = np.frombuffer(value, dtype=np.uint8)
-            model.buffers.append(b)
-            m = schema.MetadataT()
-            m.name = meta_name
-            m.buffer = len(model.buffers) - 1
-            model.metadata.append(m)
+        return _pack([("serving_default", self)], self.metadata, self.description, external)
+
+
+def serialize_signatures(
+    signatures: Sequence[tuple[str, TflModelBuilder]], metadata: Mapping[str, bytes], description: str
+) -> bytes:
+    """One ``.tflite`` file with one subgraph and SignatureDef per ``(key, builder)``.
+
+    Constant buffers with equal bytes are stored once and shared by every subgraph (the
+    weights of a prefill and a decode signature), so the file holds each weight once.
+    """
+    return _pack(signatures, metadata, description, {}, share=True)
+
+
+def _subgraph(
+    b: TflModelBuilder, buffer_of: Sequence[int], codes: dict[tuple[int, int], int], model: Any
+) -> Any:
+    sub = schema.SubGraphT()
+    sub.name = "main"
+    sub.tensors = []
+    for t in b.tensors:
+        tt = schema.TensorT()
+        tt.name = t.name
+        tt.shape = list(t.shape)
+        tt.type = TENSOR_TYPES[t.dtype]
+        tt.buffer = buffer_of[t.buffer]
+        if t.shape_signature is not None:
+            tt.shapeSignature = list(t.shape_signature)
+        if t.quant is not None:
+            q = schema.QuantizationParametersT()
+            q.scale = [float(s) for s in t.quant.scale]
+            q.zeroPoint = [int(z) for z in t.quant.zero_point]
+            q.quantizedDimension = t.quant.axis
+            tt.quantization = q
+        sub.tensors.append(tt)
+    sub.operators = []
+    for op in b.ops:
+        code = BUILTIN[op.kind]
+        version = int(op.options.get("_version", 1))
+        key = (code, version)
+        if key not in codes:
+            oc = schema.OperatorCodeT()
+            oc.builtinCode = code
+            oc.deprecatedBuiltinCode = min(code, 127)
+            oc.version = version
+            codes[key] = len(model.operatorCodes)
+            model.operatorCodes.append(oc)
+        o = schema.OperatorT()
+        o.opcodeIndex = codes[key]
+        o.inputs = list(op.inputs)
+        o.outputs = list(op.outputs)
+        table = _options_table(op.kind)
+        if table is not None:
+            opt_type, opt_cls = table
+            opts = opt_cls()
+            for k, v in op.options.items():
+                if k.startswith("_"):
+                    continue
+                if not hasattr(opts, k):
+                    raise InternalError(f"tflite: {op.kind} has no option {k}")
+                setattr(opts, k, v)
+            o.builtinOptionsType = opt_type
+            o.builtinOptions = opts
+        sub.operators.append(o)
+    sub.inputs = list(b.inputs)
+    sub.outputs = list(b.outputs)
+    return sub
+
+
+def _pack(
+    signatures: Sequence[tuple[str, TflModelBuilder]],
+    metadata: Mapping[str, bytes],
+    description: str,
+    external: Mapping[int, tuple[int, int]],
+    share: bool = False,
+) -> bytes:
+    """Serialize subgraphs (one per signature) over one buffer list."""
+    if external and (share or len(signatures) != 1):
+        raise InternalError("tflite: weights after the flatbuffer are written for one subgraph only")
+    model = schema.ModelT()
+    model.version = 3
+    model.description = description
+    model.operatorCodes = []
+    codes: dict[tuple[int, int], int] = {}
+    buffers: list[bytes] = [b""]
+    source: list[int] = [0]  # merged buffer -> index in the first builder that had it (external)
+    seen: dict[bytes, int] = {}
+    model.subgraphs = []
+    model.signatureDefs = []
+    for g, (key, b) in enumerate(signatures):
+        buffer_of = [0]
+        for i, data in enumerate(b.buffers[1:], start=1):
+            if share and data and data in seen:
+                buffer_of.append(seen[data])
+                continue
+            buffers.append(data)
+            source.append(i)
+            buffer_of.append(len(buffers) - 1)
+            if share and data:
+                seen[data] = len(buffers) - 1
+        model.subgraphs.append(_subgraph(b, buffer_of, codes, model))
         sig = schema.SignatureDefT()
-        sig.signatureKey = "serving_default"
-        sig.subgraphIndex = 0
-        sig.inputs = [_tensor_map(n, i) for n, i in zip(self.input_names, self.inputs, strict=True)]
-        sig.outputs = [_tensor_map(n, i) for n, i in zip(self.output_names, self.outputs, strict=True)]
-        model.signatureDefs = [sig]
-        if inline > 2_000_000_000:
-            raise ExportError(
-                f"tflite writer: {inline / 1e9:.2f} GB of inline weights exceeds the 2 GiB flatbuffer "
-                "limit; write them after the flatbuffer (weights_after=True)"
-            )
-        fb = flatbuffers.Builder(1024 + inline + inline // 8)
-        fb.Finish(model.Pack(fb), file_identifier=b"TFL3")
-        return bytes(fb.Output())
+        sig.signatureKey = key
+        sig.subgraphIndex = g
+        sig.inputs = [_tensor_map(n, i) for n, i in zip(b.input_names, b.inputs, strict=True)]
+        sig.outputs = [_tensor_map(n, i) for n, i in zip(b.output_names, b.outputs, strict=True)]
+        model.signatureDefs.append(sig)
+    inline = sum(len(d) for i, d in enumerate(buffers) if source[i] not in external or i == 0)
+    model.buffers = []
+    for i, data in enumerate(buffers):
+        buf = schema.BufferT()
+        if i and source[i] in external:
+            buf.offset, buf.size = external[source[i]]
+        else:
+            buf.data = np.frombuffer(data, dtype=np.uint8) if data else None
+        model.buffers.append(buf)
+    model.metadata = []
+    for meta_name, value in metadata.items():
+        buf = schema.BufferT()
+        buf.data = np.frombuffer(value, dtype=np.uint8)
+        model.buffers.append(buf)
+        m = schema.MetadataT()
+        m.name = meta_name
+        m.buffer = len(model.buffers) - 1
+        model.metadata.append(m)
+    if inline > 2_000_000_000:
+        raise ExportError(
+            f"tflite writer: {inline / 1e9:.2f} GB of inline weights exceeds the 2 GiB flatbuffer "
+            "limit; write them after the flatbuffer (weights_after=True)"
+        )
+    fb = flatbuffers.Builder(1024 + inline + inline // 8)
+    fb.Finish(model.Pack(fb), file_identifier=b"TFL3")
+    return bytes(fb.Output())
 
 
 def _tensor_map(name: str, index: int) -> Any:

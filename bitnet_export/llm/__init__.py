@@ -1,0 +1,1 @@
+"""Language models on device: KV-cache decoders for onnxruntime-genai and LiteRT-LM."""
