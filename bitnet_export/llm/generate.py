@@ -101,18 +101,24 @@ def torch_greedy(
     hf: Any = model
     with torch.no_grad():
         if _is_hf(model):
-            out = hf.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=n,
-                min_new_tokens=0 if eos else n,
-                do_sample=False,
-                num_beams=1,
-                output_logits=True,
-                return_dict_in_generate=True,
-                eos_token_id=list(eos) or None,
-                pad_token_id=(list(eos) or [0])[0],
-            )
+            # generate() stops at the model's generation_config.eos_token_id unless told
+            # otherwise: stop exactly at ``eos`` (none: never), as the runtimes are told
+            config = hf.generation_config
+            saved = config.eos_token_id
+            config.eos_token_id = list(eos) or None
+            try:
+                out = hf.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=n,
+                    do_sample=False,
+                    num_beams=1,
+                    output_logits=True,
+                    return_dict_in_generate=True,
+                    pad_token_id=(list(eos) or [0])[0],
+                )
+            finally:
+                config.eos_token_id = saved
             tokens = [int(t) for t in out.sequences[0, len(prompt) :]]
             logits = torch.cat([row[:1] for row in out.logits]).float().numpy()
         else:
