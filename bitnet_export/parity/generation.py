@@ -206,7 +206,8 @@ class _Engine:
         body = list(prompt[1:]) if start is not None and prompt and prompt[0] == start else list(prompt)
         if start is not None and len(body) == len(prompt):
             raise ValueError(
-                f"litert-lm: the engine starts every prompt with token {start}; give prompts that begin with it"
+                f"litert-lm: the engine starts every prompt with token {start}; give prompts that "
+                "begin with it"
             )
         text = self.app.generate_text(self.app.detokenize(body), n)
         tokens = self.app.tokenize(text)
