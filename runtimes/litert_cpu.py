@@ -450,11 +450,14 @@ class LiteRtCompiledModelAdapter(_SignatureIO):
         if key is None:
             raise RuntimeAdapterError(f"{self.name}: LiteRT reports no signature for {path}")
         in_details = model.get_input_tensor_details(key)
-        if [s.name for s in ins] != list(in_details):
+        # the Interpreter lists a signature's names sorted, CompiledModel in signature order
+        if sorted(s.name for s in ins) != sorted(in_details):
             raise RuntimeAdapterError(
                 f"{self.name}: CompiledModel names the inputs of {path} {list(in_details)}, the "
                 f"interpreter {[s.name for s in ins]}"
             )
+        by_name = {s.name: s for s in ins}
+        ins = [by_name[n] for n in in_details]
         self._path, self._key, self._inputs, self._outputs = path, key, ins, outs
         self._shapes = {n: tuple(int(d) for d in v["shape"]) for n, v in in_details.items()}
         self._buffers = None

@@ -75,6 +75,7 @@ class _Decoder(nn.Module):
         )
         self.norm = spec.norm
         self.head = spec.head
+        self.group = spec.heads // spec.kv_heads
         self.rope_cos: torch.Tensor
         self.rope_sin: torch.Tensor
         self.register_buffer("rope_cos", spec.cos.clone(), persistent=False)
@@ -101,16 +102,20 @@ class _Decoder(nn.Module):
     def _attend(
         self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        """Grouped-query attention of q over the whole cache, then (sub-norm and) o_proj."""
+        """Grouped-query attention of q over the whole cache, then (sub-norm and) o_proj.
+
+        The ``group`` query heads that share a kv head are folded into the query rows
+        (``[B, H, S, D]`` is ``[B, KV, group * S, D]`` in memory), so k and v are never
+        repeated: no broadcast / repeat op in the graph (LiteRT's GPU delegate has none).
+        ``mask`` is ``[B or 1, 1, group * S, T]`` (rows in the same order).
+        """
         spec, layer = self.spec, self.spec.layers[i]
+        b, _, s, d = q.shape
         group = spec.heads // spec.kv_heads
-        if group > 1:
-            k = k.repeat_interleave(group, dim=1)
-            v = v.repeat_interleave(group, dim=1)
+        q = q.contiguous().reshape(b, spec.kv_heads, group * s, d)
         scores = (q @ k.transpose(-1, -2)) * spec.scaling + mask
-        out = torch.softmax(scores, dim=-1) @ v
-        b, _, s, _ = out.shape
-        out = out.transpose(1, 2).reshape(b, s, spec.heads * spec.head_dim)
+        out = (torch.softmax(scores, dim=-1) @ v).reshape(b, spec.heads, s, d)
+        out = out.transpose(1, 2).reshape(b, s, spec.heads * d)
         if layer.attn_sub_norm is not None:
             out = layer.attn_sub_norm(out)
         return layer.o(out)
@@ -140,8 +145,9 @@ class ConcatCacheDecoder(_Decoder):
         sin = F.embedding(position_ids, self.rope_sin).unsqueeze(1)
         total = attention_mask.shape[1]
         keys = torch.arange(total, device=input_ids.device)
-        visible = (keys[None, None, :] <= position_ids[:, :, None]) & (attention_mask[:, None, :] > 0)
-        mask = torch.where(visible, 0.0, _HIDDEN).unsqueeze(1)  # [B, 1, S, T]
+        rows = position_ids.repeat(1, self.group)  # query row g * S + s is position s
+        visible = (keys[None, None, :] <= rows[:, :, None]) & (attention_mask[:, None, :] > 0)
+        mask = torch.where(visible, 0.0, _HIDDEN).unsqueeze(1)  # [B, 1, group * S, T]
         x = self.embed(input_ids)
         present: list[torch.Tensor] = []
         for i, layer in enumerate(self.spec.layers):
@@ -171,10 +177,11 @@ class StaticCacheDecoder(_Decoder):
         cos = F.embedding(input_pos, self.rope_cos)  # [S, D], broadcast over [1, H, S, D]
         sin = F.embedding(input_pos, self.rope_sin)
         keys = torch.arange(self.cache_len, device=tokens.device, dtype=input_pos.dtype)
-        visible = keys[None, :] <= input_pos[:, None]  # [S, C]
-        mask = torch.where(visible, 0.0, _HIDDEN)[None, None]  # [1, 1, S, C]
+        rows = input_pos.repeat(self.group)  # query row g * S + s is position s
+        visible = keys[None, :] <= rows[:, None]  # [group * S, C]
+        mask = torch.where(visible, 0.0, _HIDDEN)[None, None]  # [1, 1, group * S, C]
         start = input_pos[:1]
-        x = self.embed(tokens)
+        x = self.embed(tokens.reshape(-1)).unsqueeze(0)  # 1-D gather indices (LiteRT GPU needs them)
         written: list[torch.Tensor] = []
         for i, layer in enumerate(self.spec.layers):
             h = layer.input_norm(x)

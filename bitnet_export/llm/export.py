@@ -324,12 +324,8 @@ def _export_ort(
         torch.arange(p, t).repeat(b, 1),
         *_empty_past(spec, b, p),
     )
-    batch, seq, past, total = (
-        Dim("batch_size"),
-        Dim("sequence_length"),
-        Dim("past_sequence_length"),
-        Dim("total_sequence_length"),
-    )
+    # AUTO: torch relates them itself (total = past + sequence); named after capture
+    batch = seq = past = total = Dim.AUTO
     dynamic = (
         {0: batch, 1: seq},
         {0: batch, 1: total},

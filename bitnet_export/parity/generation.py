@@ -187,7 +187,9 @@ class _Engine:
                 ("litert-builtin", "litert-xnnpack", "litert-reference")
             ):
                 raise ValueError(f"{target} runs TFLite; {path} is an ort-genai folder")
-            self.loop = OrtGenaiLoop(make_adapter(target), path)
+            # a dynamic-length decoder's shape arithmetic (int64) stays on ORT's CPU EP
+            extra = {"cpu_shape_ops": True} if target == "ort-webgpu" else {}
+            self.loop = OrtGenaiLoop(make_adapter(target, **extra), path)
         else:
             if target.startswith("ort") or target.endswith(":ort"):
                 raise ValueError(f"{target} runs ONNX; {path} is a LiteRT-LM bundle")

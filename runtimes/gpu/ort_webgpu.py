@@ -64,13 +64,23 @@ class OrtWebGpuAdapter:
     Args:
         timeout_s: deadline of each request (start, load, run), in seconds.
         session_config: extra ``SessionOptions.add_session_config_entry`` entries.
+        cpu_shape_ops: accept ORT placing *shape arithmetic* on the CPU EP: int64 nodes of
+            :data:`SHAPE_OPS` (a dynamic-length decoder's ``Shape``/``Range``/position
+            compares, which ORT keeps on the CPU for every GPU EP). Any other op the WebGPU EP
+            cannot take is still an error; the CPU nodes are listed in ``info()``.
     """
 
     name = "ort-webgpu"
 
-    def __init__(self, timeout_s: float = 120, session_config: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        timeout_s: float = 120,
+        session_config: Mapping[str, str] | None = None,
+        cpu_shape_ops: bool = False,
+    ) -> None:
         self.timeout_s = float(timeout_s)
         self.session_config = dict(session_config or {})
+        self.cpu_shape_ops = cpu_shape_ops
         self._worker: WorkerProcess | None = None
         self._loaded: dict[str, Any] | None = None
         self._info: dict[str, Any] = {}
@@ -131,7 +141,8 @@ class OrtWebGpuAdapter:
         """Load ``path`` on the WebGPU EP (fails when any node would need the CPU EP)."""
         path = Path(path).resolve()
         self._loaded = None
-        req = {"op": "load", "model": str(path), "options": {"session_config": self.session_config}}
+        options = {"session_config": self.session_config, "cpu_shape_ops": self.cpu_shape_ops}
+        req = {"op": "load", "model": str(path), "options": options}
         self._loaded = self._request(req, f"loading {path}")
         self._info = dict(self._loaded.get("info") or {})
         self._path = path

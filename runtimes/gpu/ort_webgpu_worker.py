@@ -26,6 +26,33 @@ PROVIDER = "WebGpuExecutionProvider"
 _NO_KERNEL = re.compile(r"webgpu kernel not found in registries for Op type: (\S+) node name: (\S*)")
 #: Integer ops of bitnet_export's default ONNX lowering that the WebGPU EP cannot run.
 _INTEGER_OPS = frozenset({"QuantizeLinear", "MatMulInteger", "DequantizeLinear", "Max", "Round"})
+#: Shape-arithmetic ops ORT leaves to the CPU EP (int64 tensors; WebGPU has no int64 kernels).
+SHAPE_OPS = frozenset(
+    {
+        "Shape",
+        "Range",
+        "Concat",
+        "Squeeze",
+        "Unsqueeze",
+        "Greater",
+        "Less",
+        "LessOrEqual",
+        "GreaterOrEqual",
+        "Equal",
+        "And",
+        "Or",
+        "Not",
+        "Cast",
+        "Gather",
+        "Slice",
+        "Reshape",
+        "Expand",
+        "Tile",
+        "Add",
+        "Sub",
+        "Mul",
+    }
+)
 
 
 def _log_size() -> int:
@@ -62,11 +89,22 @@ class Model:
         for key, value in dict(options.get("session_config") or {}).items():
             so.add_session_config_entry(str(key), str(value))
         start = _log_size()
+        self.cpu_nodes: list[str] = []
         try:
             self.session = ort.InferenceSession(path, so, providers=[PROVIDER])
         except Exception as exc:
             msg = " ".join(str(exc).split())
             found = _NO_KERNEL.findall(_log_since(start))
+            if options.get("cpu_shape_ops") and found and all(op in SHAPE_OPS for op, _ in found):
+                # only shape arithmetic needs the CPU EP: allowed, and recorded
+                so2 = ort.SessionOptions()
+                so2.log_severity_level = 3
+                for key, value in dict(options.get("session_config") or {}).items():
+                    so2.add_session_config_entry(str(key), str(value))
+                self.session = ort.InferenceSession(path, so2, providers=[PROVIDER, "CPUExecutionProvider"])
+                self.cpu_nodes = sorted({f"{op} ({node})" for op, node in found})
+                self.providers = self.session.get_providers()
+                return
             missing = sorted({f"{op} ({node})" for op, node in found})
             if missing:
                 msg += f"; the WebGPU EP has no kernel for: {', '.join(missing)}"
@@ -102,7 +140,8 @@ class Model:
             "details": {
                 "session_providers": self.providers,
                 "provider_options": self.session.get_provider_options(),
-                "cpu_ep_fallback": "disabled",
+                "cpu_ep_fallback": "shape ops only" if self.cpu_nodes else "disabled",
+                "cpu_nodes": self.cpu_nodes,
             },
         }
 
