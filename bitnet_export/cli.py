@@ -6,6 +6,9 @@ Commands::
                           [--checkpoint CKPT] [--no-dynamic-batch]
     bitnet-export verify  model.onnx [model.tflite ...] SPEC [--checkpoint CKPT] [--target T ...]
                           [--json report.json] [--seed N]
+    bitnet-export export-llm SPEC --target ort-genai|litert-lm --out PATH [--max-seq-len N]
+                          [--weights int8] [--tokenizer tokenizer.json] [--prefill-len N]
+    bitnet-export generate PATH SPEC [--prompt TEXT ...] [--steps 32] [--target T ...]
     bitnet-export inspect model.onnx
     bitnet-export demo    [--out out/demo] [--epochs 60]
 
@@ -303,6 +306,69 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_export_llm(args: argparse.Namespace) -> int:
+    from bitnet_export.llm.export import export_llm
+
+    model, _ = _load_model(args.spec, args.checkpoint)
+    options: dict[str, Any] = {"progress": True}
+    if args.prefill_len is not None:
+        options["prefill_len"] = args.prefill_len
+    if args.bos is not None:
+        options["bos_token_id"] = args.bos
+    if args.eos:
+        options["eos_token_ids"] = args.eos
+    if args.kernels != "integer":
+        options["kernels"] = args.kernels
+    result = export_llm(
+        model, args.out, args.target, args.max_seq_len, args.weights, args.tokenizer, **options
+    )
+    files = ", ".join(f"{f.name}" for f in result.files)
+    print(
+        f"{result.target}: {result.path} ({files}; {_fmt_bytes(result.size_bytes)} of model) "
+        f"weights={result.weights} max_seq_len={result.max_seq_len}"
+        + (f" prefill_len={result.prefill_len}" if result.prefill_len else "")
+        + f"; {len(result.layers)} BitNetLayer(s); decoder self-check {result.self_check:.1e}; "
+        f"{result.seconds:.1f} s"
+    )
+    return EXIT_OK
+
+
+def _prompt_ids(path: Path, record: dict[str, Any], texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of text prompts by the export's tokenizer, after its start token."""
+    from bitnet_export.llm.export import bundle_tokenizer
+
+    try:
+        from tokenizers import Tokenizer
+    except ImportError as exc:
+        raise CliError("generate: text prompts need the tokenizers package (pip install '.[hf]')") from exc
+    doc = bundle_tokenizer(path)
+    if doc is None:
+        raise CliError(f"generate: {path} has no tokenizer.json; export it with --tokenizer")
+    tok = Tokenizer.from_str(doc.decode())
+    bos = record.get("bos_token_id")
+    start = [] if bos is None else [int(bos)]
+    return [start + list(tok.encode(t, add_special_tokens=False).ids) for t in texts]
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from bitnet_export.llm.export import llm_info
+    from bitnet_export.parity.generation import verify_generation
+
+    if not args.path.exists():
+        raise CliError(f"generate: {args.path} not found; write it with '{_PROG} export-llm'")
+    record = llm_info(args.path)
+    model, _ = _load_model(args.spec, args.checkpoint)
+    prompts = _prompt_ids(args.path, record, args.prompt or ["def "])
+    report = verify_generation(model, args.path, prompts, args.steps, args.target)
+    if args.json is not None:
+        from bitnet_export._io import atomic_write_text
+
+        atomic_write_text(args.json, report.to_json())
+        _say(f"wrote {args.json}")
+    print(report.format_table())
+    return EXIT_OK if report.passed else EXIT_FAILED
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     paths: list[Path] = args.files
     for path in paths:
@@ -468,6 +534,52 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-dynamic-batch", dest="dynamic_batch", action="store_false", help="fix the batch dimension"
     )
     exp.set_defaults(handler=_cmd_export)
+
+    llm = sub.add_parser(
+        "export-llm",
+        help="export a decoder LM with a KV cache for onnxruntime-genai or LiteRT-LM",
+        description="Export a language model spec (BitNet / Llama-style) with an explicit KV cache.",
+    )
+    llm.add_argument("spec", metavar="SPEC", help="module:factory or file.py:factory")
+    llm.add_argument("--checkpoint", type=Path, metavar="CKPT", help="state dict to load (torch.save)")
+    llm.add_argument("--target", choices=("ort-genai", "litert-lm"), required=True, help="runtime convention")
+    llm.add_argument(
+        "--out", type=Path, required=True, metavar="PATH", help="folder (ort-genai) or .litertlm bundle"
+    )
+    llm.add_argument("--max-seq-len", type=int, default=256, metavar="N", help="context / KV-cache length")
+    llm.add_argument(
+        "--weights",
+        choices=("int8", "int4", "int2", "matmulnbits"),
+        default="int8",
+        help="weight storage (default int8; matmulnbits: ort-genai's 2-bit fast path)",
+    )
+    llm.add_argument("--kernels", choices=KERNELS, default="integer", help="ort-genai: float for WebGPU")
+    llm.add_argument(
+        "--tokenizer", type=Path, metavar="JSON", help="tokenizer.json to ship (litert-lm needs one)"
+    )
+    llm.add_argument("--prefill-len", type=int, metavar="N", help="litert-lm prefill signature length")
+    llm.add_argument("--bos", type=int, metavar="ID", help="start token (default: the model config's)")
+    llm.add_argument("--eos", type=int, action="append", metavar="ID", help="stop token, repeatable")
+    llm.set_defaults(handler=_cmd_export_llm)
+
+    gen = sub.add_parser(
+        "generate",
+        help="greedy tokens of an export_llm file on runtimes vs PyTorch",
+        description="Generate greedily from text prompts on every target; exit 1 when tokens differ.",
+    )
+    gen.add_argument("path", type=Path, metavar="PATH", help="ort-genai folder or .litertlm bundle")
+    gen.add_argument("spec", metavar="SPEC", help="module:factory or file.py:factory it was exported from")
+    gen.add_argument("--checkpoint", type=Path, metavar="CKPT", help="state dict to load (torch.save)")
+    gen.add_argument("--prompt", action="append", metavar="TEXT", help="prompt text, repeatable")
+    gen.add_argument("--steps", type=int, default=32, metavar="N", help="tokens per prompt (default 32)")
+    gen.add_argument(
+        "--target",
+        action="append",
+        help="ort-genai, litert-lm, or any verify target (ort-cpu, litert-builtin, arm64:<cpu>:ort, "
+        "litert-gpu, ort-webgpu...); default: the app runtime and the host CPU loop",
+    )
+    gen.add_argument("--json", type=Path, metavar="OUT.json", help="also write the report as JSON")
+    gen.set_defaults(handler=_cmd_generate)
 
     ver = sub.add_parser(
         "verify",

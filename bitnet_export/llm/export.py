@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -608,8 +609,25 @@ def llm_info(path: str | Path) -> dict[str, Any]:
     return dict(json.loads(meta[METADATA_KEY]))
 
 
+def bundle_tokenizer(path: str | Path) -> bytes | None:
+    """The ``tokenizer.json`` shipped with an export (folder or bundle), or ``None``."""
+    path = Path(path)
+    if path.is_dir():
+        f = path / "tokenizer.json"
+        return f.read_bytes() if f.is_file() else None
+    packed = _bundle_section(path, "*HF_Tokenizer_Zlib*")  # uint64 size, then zlib data
+    return None if packed is None else zlib.decompress(packed[8:])
+
+
 def bundle_tflite(path: str | Path) -> bytes:
     """The TFLite model inside a ``.litertlm`` bundle (the file LiteRT-LM runs)."""
+    data = _bundle_section(path, "*.tflite")
+    if data is None:
+        raise ExportError(f"{path}: no TFLite model in the bundle")
+    return data
+
+
+def _bundle_section(path: str | Path, pattern: str) -> bytes | None:
     try:
         from litert_lm_builder import litertlm_builder as lb
     except ImportError as exc:
@@ -621,7 +639,5 @@ def bundle_tflite(path: str | Path) -> bytes:
             lb.unpack_litertlm_file(str(path), tmp)
         except Exception as exc:
             raise ExportError(f"{path}: not a readable .litertlm bundle: {exc}") from exc
-        found = sorted(Path(tmp).rglob("*.tflite"))
-        if not found:
-            raise ExportError(f"{path}: no TFLite model in the bundle")
-        return found[0].read_bytes()
+        found = sorted(Path(tmp).rglob(pattern))
+        return found[0].read_bytes() if found else None
