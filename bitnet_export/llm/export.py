@@ -387,6 +387,7 @@ def _export_litert(
     max_seq_len: int,
     prefill_len: int,
     tokenizer: bytes | None,
+    activation_quant: str,
     say: Callable[[str], None],
 ) -> tuple[list[Path], int, tuple[str, ...], dict[str, Any]]:
     from bitnet_export.backends.tflite.convert import lower_graph
@@ -428,12 +429,14 @@ def _export_litert(
             log=say,
         )
         name_nodes(captured.model)
-        builder, _ = lower_graph(captured.model, weights, 1)
+        builder, _ = lower_graph(captured.model, weights, 1, activation_quant)
         builder.output_names = [n.removesuffix("/updated") for n in builder.output_names]
         signatures.append((key, builder))
         layer_paths = tuple(captured.layers)
         layer_params = captured.layers
-    record = _record(spec, "litert-lm", weights, max_seq_len, prefill_len)
+    record = _record(spec, "litert-lm", weights, max_seq_len, prefill_len) | {
+        "activation_quant": activation_quant
+    }
     meta = {
         "bitnet_export.version": __version__,
         "bitnet_export.layers": [p.describe() for p in layer_params.values()],
@@ -490,6 +493,7 @@ def export_llm(
     prefill_len: int | None = None,
     bos_token_id: int | None = None,
     eos_token_ids: Sequence[int] | None = None,
+    activation_quant: str = "kernel",
     progress: bool = False,
 ) -> LlmExportResult:
     """Export a decoder LM with an explicit KV cache for an on-device runtime.
@@ -514,6 +518,10 @@ def export_llm(
         bos_token_id: start token (default: the model config's ``bos_token_id``).
         eos_token_ids: stop tokens (default: the config's ``eos_token_id``); LiteRT-LM
             needs at least one.
+        activation_quant: litert-lm only: ``kernel`` (the hybrid FC kernel quantizes each
+            token's activations: exact on LiteRT's builtin kernels, which also run INT2 FCs
+            inside LiteRT-LM) or ``graph`` (the quantization as graph ops: exact where the FC
+            computes in float, i.e. LiteRT's GPU delegate; more ops on the CPU).
         progress: print steps to stderr.
 
     Returns:
@@ -541,6 +549,10 @@ def export_llm(
         raise ExportError(f"export_llm: kernels={kernels!r}; choose integer or float")
     if target == "litert-lm" and kernels != "integer":
         raise ExportError("export_llm: kernels= applies to ort-genai only (TFLite lowers its own kernels)")
+    if activation_quant not in ("kernel", "graph"):
+        raise ExportError(f"export_llm: activation_quant={activation_quant!r}; choose kernel or graph")
+    if activation_quant != "kernel" and target != "litert-lm":
+        raise ExportError("export_llm: activation_quant= applies to litert-lm (ONNX: use kernels='float')")
     if prefill_len is not None and target != "litert-lm":
         raise ExportError(
             "export_llm: prefill_len= applies to litert-lm only (ort-genai takes any prompt length)"
@@ -568,7 +580,9 @@ def export_llm(
         if target == "ort-genai":
             files, size, layers, record = _export_ort(spec, path, weights, kernels, max_seq_len, tok, say)
         else:
-            files, size, layers, record = _export_litert(spec, path, weights, max_seq_len, prefill, tok, say)
+            files, size, layers, record = _export_litert(
+                spec, path, weights, max_seq_len, prefill, tok, activation_quant, say
+            )
     finally:
         model.train(was_training)
     return LlmExportResult(

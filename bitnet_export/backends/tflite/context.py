@@ -122,6 +122,9 @@ class LoweringContext:
     builder: TflModelBuilder
     batch: int
     weights: str
+    #: dynamic BitLinear: ``kernel`` (the hybrid FC kernel quantizes rows) or ``graph`` (the
+    #: per-token quantization as graph ops, for delegates whose FC computes in float)
+    activation_quant: str = "kernel"
     floats: dict[int, int] = field(default_factory=dict)
     transposed: dict[int, tuple[int, Perm]] = field(default_factory=dict)
     int8: dict[int, Int8Alias] = field(default_factory=dict)

@@ -100,7 +100,9 @@ def check_supported(graph: ir.Graph, weights: str | None = None) -> None:
         )
 
 
-def lower_graph(model: ir.Model, weights: str, batch: int) -> tuple[TflModelBuilder, dict[str, Any]]:
+def lower_graph(
+    model: ir.Model, weights: str, batch: int, activation_quant: str = "kernel"
+) -> tuple[TflModelBuilder, dict[str, Any]]:
     """Lower the hub ``model`` into a builder (one subgraph) and its output metadata.
 
     Returns:
@@ -117,7 +119,7 @@ def lower_graph(model: ir.Model, weights: str, batch: int) -> tuple[TflModelBuil
     graph = model.graph
     check_supported(graph, weights)
     builder = TflModelBuilder(description=f"bitnet_export {__version__}")
-    ctx = LoweringContext(builder, batch, weights)
+    ctx = LoweringContext(builder, batch, weights, activation_quant=activation_quant)
     for value in graph.inputs:
         idx = ctx.new_tensor(value)
         builder.inputs.append(idx)

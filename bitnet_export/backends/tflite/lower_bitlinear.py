@@ -11,6 +11,12 @@
   exactly BitNet's per-token 8-bit quantization. XNNPACK also takes this node but always
   quantizes rows asymmetrically (FIELD_NOTES): the LiteRT adapters run hybrid files on the
   builtin kernel on purpose.
+* dynamic, ``activation_quant="graph"`` -> BitNet's per-token quantization as graph ops
+  (ABS, REDUCE_MAX, MAXIMUM eps, DIV, MUL, ROUND), a hybrid FC of the integer codes with unit
+  weight scales (the exact integer accumulator: on the builtin kernel the codes re-quantize to
+  themselves, a float FC sums integers below 2^24 exactly), then ``acc * ((m / qmax) * s_w)``:
+  the reference's op order. For GPU delegates, which dequantize hybrid weights and compute in
+  float without quantizing activations.
 """
 
 from __future__ import annotations
@@ -132,11 +138,73 @@ def _hybrid(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams) -> None:
     )
 
 
+def _graph_quantized(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams) -> None:
+    assert node.inputs[0] is not None
+    b = ctx.builder
+    x = ctx.float_tensor(node.inputs[0], node)
+    dims, sig = ctx.shape(node.inputs[0])
+    out_dims, out_sig = ctx.shape(node.outputs[0])
+    row = [*dims[:-1], 1]
+    row_sig = [*sig[:-1], 1]
+    qmax = float(2 ** (p.input.bits - 1) - 1)
+
+    def t(role: str, shape: list[int], signature: list[int]) -> int:
+        return b.add_tensor(ctx.name(node, role), shape, "float32", shape_signature=signature)
+
+    def const(role: str, value: np.ndarray) -> int:
+        return b.add_constant(ctx.name(node, role), value.astype(np.float32))
+
+    absx, m0, m, gamma, scaled, codes = (
+        t("abs", dims, sig),
+        t("absmax", row, row_sig),
+        t("absmax_eps", row, row_sig),
+        t("gamma", row, row_sig),
+        t("scaled", dims, sig),
+        t("codes", dims, sig),
+    )
+    b.add_op("ABS", [x], [absx])
+    axis = b.add_constant(ctx.name(node, "last_axis"), np.asarray([len(dims) - 1], np.int32))
+    b.add_op("REDUCE_MAX", [absx, axis], [m0], keepDims=True)
+    b.add_op("MAXIMUM", [m0, const("eps", np.asarray([p.input.eps]))], [m])
+    q = const("qmax", np.asarray([qmax]))
+    b.add_op("DIV", [q, m], [gamma], fusedActivationFunction=0)  # a true division, as the reference
+    b.add_op("MUL", [x, gamma], [scaled], fusedActivationFunction=0)
+    b.add_op("ROUND", [scaled], [codes])  # half to even, as torch.round
+    unit = Quant([1.0] * p.out_features, [0] * p.out_features, axis=0)
+    w = b.add_constant(ctx.name(node, "weight_codes"), p.weight.values, dtype=ctx.weights, quant=unit)
+    acc, row_scale, rescale = (
+        t("acc", out_dims, out_sig),
+        t("row_scale", row, row_sig),
+        t("rescale", out_dims, out_sig),
+    )
+    b.add_op(
+        "FULLY_CONNECTED",
+        [codes, w, -1],
+        [acc],
+        fusedActivationFunction=0,
+        keepNumDims=len(out_dims) > 2,
+        asymmetricQuantizeInputs=False,
+        _version=_FC_VERSION["hybrid" if ctx.weights == "int8" else ctx.weights],
+    )
+    b.add_op("DIV", [m, q], [row_scale], fusedActivationFunction=0)
+    s_w = np.broadcast_to(p.weight.scale.astype(np.float32), (p.out_features,))
+    b.add_op("MUL", [row_scale, const("weight_scale", s_w)], [rescale], fusedActivationFunction=0)
+    out = ctx.new_float(node.outputs[0], ctx.name(node, "output"))
+    if p.bias is None:
+        b.add_op("MUL", [acc, rescale], [out], fusedActivationFunction=0)
+        return
+    y = t("unbiased", out_dims, out_sig)
+    b.add_op("MUL", [acc, rescale], [y], fusedActivationFunction=0)
+    b.add_op("ADD", [y, const("bias", p.bias)], [out], fusedActivationFunction=0)
+
+
 @lowers(OP_TYPE, DOMAIN)
 def lower_bitlinear(ctx: LoweringContext, node: ir.Node) -> None:
     """``bitnet_export.BitLinear(x, weight_q, weight_scale[, bias])`` -> FULLY_CONNECTED."""
     p = read_bitlinear(node)
     if p.input.mode == "static":
         _full_integer(ctx, node, p)
+    elif ctx.activation_quant == "graph":
+        _graph_quantized(ctx, node, p)
     else:
         _hybrid(ctx, node, p)
