@@ -4,7 +4,10 @@ train (float and BitNet-ternary QAT) -> export ONNX and TFLite in every weight m
 each file on every runtime that can run it (ONNX Runtime; LiteRT builtin/reference/XNNPACK)
 against PyTorch on the test split -> the zoo's architectures (a tiny BitNet decoder LM, a
 MobileNet-style CNN) exported to ONNX int2 and TFLite hybrid and verified the same way ->
-summary table and JSON reports. Where a Vulkan device and
+the example language model (a tiny BitNet LM trained with QAT on Python's standard library,
+shipped in the package) exported for onnxruntime-genai and LiteRT-LM, its greedy continuations
+printed from each runtime and checked token for token against PyTorch -> summary table and
+JSON reports. Where a Vulkan device and
 the ``ort-webgpu`` environment exist (``make gpu-env``: SwiftShader, or a real GPU), two more
 files run on the GPU adapters (``ort-webgpu``, ``litert-gpu``); otherwise the demo says why not.
 """
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from bitnet_export._io import atomic_write_text
 from bitnet_export.api import export_onnx, export_tflite, verify
 from bitnet_export.parity.engine import default_targets
 from bitnet_export.training import calibrate, configure_model
@@ -76,6 +80,52 @@ class DemoRow:
     passed: bool
 
 
+#: prompts of the language-model step (the model was trained on Python's standard library)
+LM_PROMPTS = ("def __init__(self", "import os\nimport ", "    for i in range(")
+LM_STEPS = 32
+
+
+def _language_model(out_dir: Path) -> list[DemoRow]:
+    """Export the example LM to both runtimes, print their continuations, check the tokens."""
+    from bitnet_export.llm.export import export_llm
+    from bitnet_export.llm.tokenizer import BOS, decode, encode, write_byte_tokenizer
+    from bitnet_export.parity.generation import verify_generation
+    from bitnet_export.zoo.text_lm import load_pretrained
+
+    model = load_pretrained()
+    tok = write_byte_tokenizer(out_dir / "tokenizer.json")
+    prompts = [[BOS, *encode(p)] for p in LM_PROMPTS]
+    rows = []
+    for label, target, path, weights, targets in (
+        (
+            "LM: onnxruntime-genai int8",
+            "ort-genai",
+            out_dir / "tiny_lm_ort_genai",
+            "int8",
+            ["ort-genai", "ort-cpu"],
+        ),
+        (
+            "LM: LiteRT-LM int2",
+            "litert-lm",
+            out_dir / "tiny_lm.litertlm",
+            "int2",
+            ["litert-lm", "litert-builtin"],
+        ),
+    ):
+        res = export_llm(model, path, target, max_seq_len=128, weights=weights, tokenizer=tok)
+        report = verify_generation(model, res.path, prompts, LM_STEPS, targets)
+        atomic_write_text(out_dir / f"{path.name}.generation.json", report.to_json())
+        app = [r for r in report.rows if r.target == target]
+        for prompt_text, row in zip(LM_PROMPTS, app, strict=True):
+            text = decode(row.tokens) if target == "ort-genai" else str(row.info.get("text", ""))
+            print(f"          {target:<9} {prompt_text!r} -> {text!r}")
+        print(report.format_table())
+        agree = sum(r.equal for r in report.rows) / max(1, len(report.rows))
+        worst = max((r.max_rel_logits or 0.0 for r in report.rows), default=float("nan"))
+        rows.append(DemoRow(label, res.path, res.size_bytes, worst, agree, None, report.passed))
+    return rows
+
+
 def run_demo(out_dir: Path = Path("out/demo"), epochs: int = 60, seed: int = 0) -> list[DemoRow]:
     """Run the demo; files and JSON reports go to ``out_dir``.
 
@@ -84,7 +134,7 @@ def run_demo(out_dir: Path = Path("out/demo"), epochs: int = 60, seed: int = 0) 
     """
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    print("step 1/4  train on scikit-learn's bundled 8x8 digits (float MLP vs BitNet ternary QAT)")
+    print("step 1/5  train on scikit-learn's bundled 8x8 digits (float MLP vs BitNet ternary QAT)")
     data = load_digits(seed=seed)
     accs = {}
     models = {}
@@ -97,7 +147,7 @@ def run_demo(out_dir: Path = Path("out/demo"), epochs: int = 60, seed: int = 0) 
 
     gpu_reason = _gpu_unavailable()
     cases = [(*m, None) for m in MODES] + ([] if gpu_reason else list(GPU_MODES))
-    print(f"step 2/4  export ({len(cases)} files) and verify each on its runtimes vs PyTorch")
+    print(f"step 2/5  export ({len(cases)} files) and verify each on its runtimes vs PyTorch")
     rows = []
     for label, fmt, mode, weights, gpu in cases:
         model = copy.deepcopy(models["bitnet"])
@@ -126,7 +176,7 @@ def run_demo(out_dir: Path = Path("out/demo"), epochs: int = 60, seed: int = 0) 
     if gpu_reason:
         print(f"          GPU rows skipped: {gpu_reason}")
 
-    print("step 3/4  real architectures from the zoo: export and verify")
+    print("step 3/5  real architectures from the zoo: export and verify")
     for name, tag, factory in ARCH_MODELS:
         model, example = factory()
         for mode_label, fmt, weights in ARCH_MODES:
@@ -142,7 +192,10 @@ def run_demo(out_dir: Path = Path("out/demo"), epochs: int = 60, seed: int = 0) 
                 DemoRow(f"{name}: {mode_label}", res.path, res.size_bytes, worst, top1, None, report.passed)
             )
 
-    print("step 4/4  summary")
+    print("step 4/5  the example language model on device: onnxruntime-genai and LiteRT-LM")
+    rows += _language_model(out_dir)
+
+    print("step 5/5  summary")
     header = f"{'file':<40} {'size':>9} {'max rel err':>11} {'top-1 agr':>9} {'rt acc':>8}  result"
     print(header)
     print("-" * len(header))

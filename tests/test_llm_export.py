@@ -209,6 +209,18 @@ def test_hf_bitnet_tokens_on_host_runtimes(hf_bitnet: torch.nn.Module, exports: 
     _assert_all_equal(lite)
 
 
+def test_hf_bitnet_fast_2bit_path_holds(hf_bitnet: torch.nn.Module, tmp_path: Path) -> None:
+    """ORT's MatMulNBits (2-bit blocks, int8 activations at accuracy level 4) keeps the tokens."""
+    res = export_llm(hf_bitnet, tmp_path / "nbits", "ort-genai", MAX_SEQ, "matmulnbits")
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(res.path / "model.onnx")).graph.node}
+    assert "MatMulNBits" in ops and "MatMulInteger" not in ops
+    report = verify_generation(hf_bitnet, res.path, PROMPTS, STEPS, ["ort-genai", "ort-cpu"])
+    _assert_all_equal(report)
+    _assert_logits_close(report)
+
+
 @pytest.mark.skipif(find_env() is None, reason="emulated aarch64 environment missing: run `make arm-env`")
 def test_hf_bitnet_tokens_on_emulated_arm(hf_bitnet: torch.nn.Module, exports: dict[str, Path]) -> None:
     ort = verify_generation(hf_bitnet, exports["ort"], PROMPTS, STEPS, [f"{ARM}:ort"])
