@@ -121,10 +121,14 @@ class LiteRtLmAdapter:
         return RuntimeInfo(
             runtime="litert-lm",
             version=importlib.metadata.version("litert-lm-api"),
-            provider="cpu (xnnpack; int2 FC on builtin kernels)",
+            provider="cpu (xnnpack)",
             arch=host_arch(),
             cpu_model=cpu_model(),
             emulated=False,
             threads=None,
-            details={"api": "litert_lm.Engine session (TOP_P k=1)", "activations": "float32"},
+            details={
+                "api": "litert_lm.Engine session (TOP_P k=1)",
+                "activations": "float32",
+                "note": "XNNPACK leaves INT2 FULLY_CONNECTED to LiteRT's builtin kernel",
+            },
         )

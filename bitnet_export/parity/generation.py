@@ -166,10 +166,12 @@ class _Engine:
     """One target, loaded once, generating for every prompt."""
 
     def __init__(self, target: str, path: Path, workdir: Path) -> None:
+        from bitnet_export.llm.export import llm_info
         from runtimes import make_adapter
 
         self.target = target
         self.family = _family(path)
+        self.record = llm_info(path)
         self.app: Any = None
         self.loop: Any = None
         if target == "ort-genai":
