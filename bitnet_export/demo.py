@@ -80,8 +80,12 @@ class DemoRow:
     passed: bool
 
 
-#: prompts of the language-model step (the model was trained on Python's standard library)
-LM_PROMPTS = ("def __init__(self", "import os\nimport ", "    for i in range(")
+#: prompts of the language-model step (the model was trained on Python's standard library).
+#: Their greedy paths have no near-tie (PyTorch's top-1 / top-2 logit gap >= 0.1 on all 32
+#: steps): at a near-tie the token is decided by float rounding before a per-token quantizer,
+#: which no two runtimes share bit for bit ("    for i in range(" has a 0.0055 gap at step 0,
+#: and LiteRT picks the runner-up there; the report names such a step and its margin).
+LM_PROMPTS = ("def __init__(self", "import os\nimport ", "if __name__ == ")
 LM_STEPS = 32
 
 

@@ -35,6 +35,10 @@ class TinyLMConfig:
     rope_theta: float = 10000.0
     eps: float = 1e-5
     precision: float | int | str = 1.58
+    #: the tokenizer's begin-of-sequence id (None: the model has none), for exporters' configs
+    bos_token_id: int | None = None
+    #: the ids that end generation (empty: none), for exporters' configs
+    eos_token_ids: tuple[int, ...] = ()
 
 
 class RMSNorm(nn.Module):
