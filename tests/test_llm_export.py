@@ -16,11 +16,19 @@ import torch
 from bitnet_export.backends.tflite.flatbuffer import read_model
 from bitnet_export.cli import main
 from bitnet_export.errors import ExportError
-from bitnet_export.llm.export import bundle_tflite, bundle_tokenizer, export_llm, llm_info
+from bitnet_export.llm.export import (
+    _float_layers,
+    bundle_tflite,
+    bundle_tokenizer,
+    export_llm,
+    llm_info,
+    self_check,
+)
 from bitnet_export.llm.generate import CacheOverflowError, LiteRtLmLoop, OrtGenaiLoop, torch_greedy
+from bitnet_export.llm.spec import decoder_spec
 from bitnet_export.llm.tokenizer import BOS, EOS, VOCAB_SIZE, encode, write_byte_tokenizer
 from bitnet_export.parity.generation import verify_generation
-from bitnet_export.training.convert import convert_to_bitnet
+from bitnet_export.training.convert import bitnet_layers, convert_to_bitnet
 from bitnet_export.zoo.transformer import TinyBitNetLM, TinyLMConfig
 from runtimes.arm.env import find_env
 from runtimes.gpu.ort_env import find_site
@@ -482,3 +490,22 @@ def test_a_near_tie_is_reported_with_its_margin(tokenizer: Path, tmp_path: Path)
     if not row.equal:
         assert row.first_divergence == 0 and row.margin is not None and row.margin < 0.01
         assert "first divergent step 0" in report.format_table()
+
+
+def test_self_check_accepts_a_rounding_flip_and_restores_quantization() -> None:
+    # hidden 768, 12 layers, MLP 3072: the static-cache decoder attends over 256 positions,
+    # the model over 8; a 1e-7 float difference flips one activation code at position 6 and
+    # the quantized logits differ by ~6e-3 of their range (dev VM), the float ones by < 1e-6
+    torch.manual_seed(0)
+    cfg = TinyLMConfig(
+        vocab_size=258, hidden=768, layers=12, heads=12, kv_heads=4, intermediate=3072, max_seq_len=256
+    )
+    model = TinyBitNetLM(cfg).eval()
+    spec = decoder_spec(model, 256)
+    worst = self_check(model, spec, 8)
+    assert worst < 5e-2
+    assert all(layer.enabled for _, layer in bitnet_layers(model))
+    with _float_layers(model):
+        assert not any(layer.enabled for _, layer in bitnet_layers(model))
+        assert self_check(model, spec, 8) <= 1e-4
+    assert all(layer.enabled for _, layer in bitnet_layers(model))
