@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from bitnet_export.backends.tflite.flatbuffer import read_model
+from bitnet_export.backends.tflite.flatbuffer import Quant, TflModelBuilder, read_model
+from bitnet_export.backends.tflite.lower_bitlinear import XNNPACK_PAD
 from bitnet_export.cli import main
 from bitnet_export.errors import ExportError
 from bitnet_export.llm.export import (
@@ -509,3 +510,78 @@ def test_self_check_accepts_a_rounding_flip_and_restores_quantization() -> None:
         assert not any(layer.enabled for _, layer in bitnet_layers(model))
         assert self_check(model, spec, 8) <= 1e-4
     assert all(layer.enabled for _, layer in bitnet_layers(model))
+
+
+# ----------------------------------------------------------------------------- XNNPACK rows
+def _fc_model(path: Path, w: np.ndarray, rows: int, dtype: str) -> Path:
+    """One hybrid FULLY_CONNECTED ``[rows, K] x [N, K]^T``, unit per-channel weight scales."""
+    b = TflModelBuilder()
+    n, k = w.shape
+    x = b.add_tensor("x", [rows, k])
+    y = b.add_tensor("y", [rows, n])
+    wt = b.add_constant("w", w, dtype=dtype, quant=Quant([1.0] * n, [0] * n, axis=0))
+    b.add_op(
+        "FULLY_CONNECTED",
+        [x, wt, -1],
+        [y],
+        fusedActivationFunction=0,
+        keepNumDims=False,
+        asymmetricQuantizeInputs=False,
+        _version={"int8": 9, "int4": 13}[dtype],
+    )
+    b.inputs, b.input_names, b.outputs, b.output_names = [x], ["x"], [y], ["y"]
+    path.write_bytes(b.to_bytes())
+    return path
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_xnnpack_quantizes_padded_code_rows_to_themselves(dtype: str, tmp_path: Path) -> None:
+    # the mechanism behind activation_quant="xnnpack", against integer numpy: XNNPACK's
+    # asymmetric row quantizer changes plain BitNet code rows, and keeps rows whose range
+    # the pad makes exactly [-128, 127]
+    rng = np.random.default_rng(0)
+    rows, k, n = 8, 768, 512
+    w = rng.integers(-1, 2, (n, k)).astype(np.int8)
+    codes = rng.integers(-127, 128, (rows, k)).astype(np.float32)
+    codes[:, 0] = 127  # a code row's absmax is 127
+    exact = codes.astype(np.int64) @ w.T.astype(np.int64)
+    pad = np.tile(np.asarray([XNNPACK_PAD], np.float32), (rows, 1))
+    w_pad = np.concatenate([w, np.zeros((n, len(XNNPACK_PAD)), np.int8)], axis=1)
+
+    def run(model: Path, x: np.ndarray) -> np.ndarray:
+        adapter = LiteRtInterpreterAdapter("xnnpack", threads=1)
+        adapter.load(model)
+        assert adapter.info().provider == "xnnpack"
+        return adapter.run({"x": x})["y"]
+
+    plain = run(_fc_model(tmp_path / "plain.tflite", w, rows, dtype), codes)
+    padded = run(_fc_model(tmp_path / "padded.tflite", w_pad, rows, dtype), np.concatenate([codes, pad], 1))
+    assert np.abs(plain - exact).max() > 1.0  # not BitNet's codes without the pad
+    assert np.array_equal(padded, exact.astype(np.float32))
+
+
+def test_xnnpack_rows_bundle_is_exact_on_xnnpack_kernels(
+    hf_bitnet: torch.nn.Module, tokenizer: Path, tmp_path: Path
+) -> None:
+    for weights in ("int8", "int4"):
+        res = export_llm(
+            hf_bitnet,
+            tmp_path / f"{weights}.litertlm",
+            "litert-lm",
+            MAX_SEQ,
+            weights,
+            tokenizer,
+            prefill_len=PREFILL,
+            activation_quant="xnnpack",
+        )
+        assert llm_info(res.path)["activation_quant"] == "xnnpack"
+        targets = ["litert-lm", "litert-xnnpack"] + ([f"{ARM}:litert-xnnpack"] if weights == "int8" else [])
+        _assert_all_equal(verify_generation(hf_bitnet, res.path, PROMPTS, STEPS, targets))
+    # builtin kernels quantize the padded rows with absmax 128: refused, never run
+    with pytest.raises(RuntimeAdapterError, match=r"activation_quant='xnnpack'.*litert-xnnpack"):
+        LiteRtLmLoop(lambda sig: LiteRtInterpreterAdapter("builtin", signature=sig), res.path, tmp_path / "w")
+    with pytest.raises(ExportError, match="INT2"):
+        export_llm(
+            hf_bitnet, tmp_path / "x", "litert-lm", MAX_SEQ, "int2", tokenizer, activation_quant="xnnpack"
+        )
+    assert not (tmp_path / "x").exists()

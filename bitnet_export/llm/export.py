@@ -558,7 +558,11 @@ def export_llm(
         activation_quant: litert-lm only: ``kernel`` (the hybrid FC kernel quantizes each
             token's activations: exact on LiteRT's builtin kernels, which also run INT2 FCs
             inside LiteRT-LM) or ``graph`` (the quantization as graph ops: exact where the FC
-            computes in float, i.e. LiteRT's GPU delegate; more ops on the CPU).
+            computes in float, i.e. LiteRT's GPU delegate; more ops on the CPU) or ``xnnpack``
+            (``graph`` with each code row padded to the range [-128, 127], so XNNPACK's
+            asymmetric row quantizer keeps the codes: exact on XNNPACK, the kernel LiteRT-LM's
+            CPU backend uses, and on the GPU delegate; not on builtin kernels; int8/int4
+            weights, static shapes).
         progress: print steps to stderr.
 
     Returns:
@@ -586,10 +590,18 @@ def export_llm(
         raise ExportError(f"export_llm: kernels={kernels!r}; choose integer or float")
     if target == "litert-lm" and kernels != "integer":
         raise ExportError("export_llm: kernels= applies to ort-genai only (TFLite lowers its own kernels)")
-    if activation_quant not in ("kernel", "graph"):
-        raise ExportError(f"export_llm: activation_quant={activation_quant!r}; choose kernel or graph")
+    if activation_quant not in ("kernel", "graph", "xnnpack"):
+        raise ExportError(
+            f"export_llm: activation_quant={activation_quant!r}; choose kernel, graph or xnnpack"
+        )
     if activation_quant != "kernel" and target != "litert-lm":
         raise ExportError("export_llm: activation_quant= applies to litert-lm (ONNX: use kernels='float')")
+    if activation_quant == "xnnpack" and weights not in ("int8", "int4"):
+        raise ExportError(
+            f"export_llm: activation_quant='xnnpack' with weights={weights!r}: XNNPACK runs int8 and "
+            "INT4 FULLY_CONNECTED only (it leaves INT2 to LiteRT's builtin kernel, where the padded "
+            "rows are not exact); use weights='int8' or 'int4', or activation_quant='kernel' for int2"
+        )
     if prefill_len is not None and target != "litert-lm":
         raise ExportError(
             "export_llm: prefill_len= applies to litert-lm only (ort-genai takes any prompt length)"

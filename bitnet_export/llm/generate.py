@@ -18,7 +18,7 @@ refuse it too).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,6 +206,28 @@ class OrtGenaiLoop:
         )
 
 
+def _require_padded_rows_kernel(name: str, info: Mapping[str, Any], bundle: str | Path) -> None:
+    """An ``activation_quant="xnnpack"`` bundle is exact where XNNPACK runs every FULLY_CONNECTED
+    (it quantizes the padded code rows to themselves) or on a GPU delegate (float FC); on
+    builtin/reference kernels the padded rows quantize with absmax 128: another computation.
+
+    Raises:
+        RuntimeAdapterError: the adapter runs FULLY_CONNECTED on another kernel.
+    """
+    from runtimes.protocol import RuntimeAdapterError
+
+    provider = str(info.get("provider", ""))
+    undelegated = (info.get("details") or {}).get("undelegated_ops") or []
+    on_xnnpack = provider.startswith("xnnpack") and not any("FULLY_CONNECTED" in op for op in undelegated)
+    if not (on_xnnpack or provider.startswith("gpu")):
+        raise RuntimeAdapterError(
+            f"{name}: {bundle} was exported with activation_quant='xnnpack' (code rows padded for "
+            f"XNNPACK's row quantizer), and this adapter runs its FULLY_CONNECTED ops on {provider!r} "
+            "kernels, where the padded rows are not BitNet's maths; run it on litert-xnnpack, "
+            "LiteRT-LM or a GPU adapter, or export with activation_quant='kernel' for builtin kernels"
+        )
+
+
 class LiteRtLmLoop:
     """Greedy decoding of a ``litert-lm`` bundle through two LiteRT adapters (see module doc).
 
@@ -229,6 +251,9 @@ class LiteRtLmLoop:
         self.prefill.load(self.model)
         self.decode.load(self.model)
         self.name = str(self.decode.name)
+        if self.record.get("activation_quant") == "xnnpack":
+            for adapter in (self.prefill, self.decode):
+                _require_padded_rows_kernel(self.name, adapter.info().as_dict(), bundle)
 
     def _step(
         self, adapter: Any, tokens: Sequence[int], pos: int, caches: dict[str, np.ndarray]

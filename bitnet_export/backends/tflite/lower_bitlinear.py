@@ -17,6 +17,15 @@
   themselves, a float FC sums integers below 2^24 exactly), then ``acc * ((m / qmax) * s_w)``:
   the reference's op order. For GPU delegates, which dequantize hybrid weights and compute in
   float without quantizing activations.
+* dynamic, ``activation_quant="xnnpack"`` -> the ``graph`` form with two constant columns
+  ``-128, 127`` appended to every code row (and two zero weight columns). XNNPACK quantizes
+  each FC input row asymmetrically from its min and max: with the row's range exactly
+  ``[-128, 127]`` its scale is 255/255 = 1 and its zero point 0, so the codes quantize to
+  themselves and its int8/INT4 kernels sum BitNet's integer products exactly (0 difference,
+  measured on the same rows where the plain form is off by ~27). The builtin kernel quantizes
+  the padded row with absmax 128: not exact there (the LiteRT loops refuse that pairing). GPU
+  delegates compute the FC in float: exact as for ``graph``. Needs static shapes (the pad is a
+  constant).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from bitnet_export.backends.tflite.context import Int8Alias, LoweringContext
 from bitnet_export.backends.tflite.flatbuffer import Quant
 from bitnet_export.backends.tflite.registry import lowers
 from bitnet_export.capture.bitlinear_op import DOMAIN, OP_TYPE, is_bitlinear, read_bitlinear
+from bitnet_export.errors import ExportError
 from bitnet_export.quant.params import LayerQuantParams
 
 __all__ = ["lower_bitlinear"]
@@ -138,7 +148,12 @@ def _hybrid(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams) -> None:
     )
 
 
-def _graph_quantized(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams) -> None:
+#: appended to every code row by ``activation_quant="xnnpack"``: XNNPACK's row range becomes
+#: exactly [-128, 127], its quantization scale 1 and zero point 0
+XNNPACK_PAD: Final = (-128.0, 127.0)
+
+
+def _graph_quantized(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams, pad: bool = False) -> None:
     assert node.inputs[0] is not None
     b = ctx.builder
     x = ctx.float_tensor(node.inputs[0], node)
@@ -170,8 +185,28 @@ def _graph_quantized(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams) -
     b.add_op("DIV", [q, m], [gamma], fusedActivationFunction=0)  # a true division, as the reference
     b.add_op("MUL", [x, gamma], [scaled], fusedActivationFunction=0)
     b.add_op("ROUND", [scaled], [codes])  # half to even, as torch.round
+    w_codes = p.weight.values
+    if pad:
+        if any(d < 0 for d in sig):
+            raise ExportError(
+                f"tflite: layer {p.module_path!r} (BitNetLayer): activation_quant='xnnpack' pads "
+                f"each code row with a constant and needs static shapes, got {sig}; export with "
+                "static shapes or use activation_quant='kernel'"
+            )
+        pad_value = np.broadcast_to(np.asarray(XNNPACK_PAD, np.float32), (*dims[:-1], len(XNNPACK_PAD)))
+        padded = t("codes_padded", [*dims[:-1], dims[-1] + len(XNNPACK_PAD)], [*sig[:-1], dims[-1] + 2])
+        b.add_op(
+            "CONCATENATION",
+            [codes, const("xnnpack_pad", np.ascontiguousarray(pad_value))],
+            [padded],
+            axis=len(dims) - 1,
+            fusedActivationFunction=0,
+        )
+        codes = padded
+        zeros = np.zeros((w_codes.shape[0], len(XNNPACK_PAD)), w_codes.dtype)
+        w_codes = np.concatenate([w_codes, zeros], axis=1)
     unit = Quant([1.0] * p.out_features, [0] * p.out_features, axis=0)
-    w = b.add_constant(ctx.name(node, "weight_codes"), p.weight.values, dtype=ctx.weights, quant=unit)
+    w = b.add_constant(ctx.name(node, "weight_codes"), w_codes, dtype=ctx.weights, quant=unit)
     acc, row_scale, rescale = (
         t("acc", out_dims, out_sig),
         t("row_scale", row, row_sig),
@@ -204,7 +239,7 @@ def lower_bitlinear(ctx: LoweringContext, node: ir.Node) -> None:
     p = read_bitlinear(node)
     if p.input.mode == "static":
         _full_integer(ctx, node, p)
-    elif ctx.activation_quant == "graph":
-        _graph_quantized(ctx, node, p)
+    elif ctx.activation_quant in ("graph", "xnnpack"):
+        _graph_quantized(ctx, node, p, pad=ctx.activation_quant == "xnnpack")
     else:
         _hybrid(ctx, node, p)
