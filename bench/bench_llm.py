@@ -71,7 +71,9 @@ TARGET_THREADS = 1
 
 @dataclass(frozen=True)
 class LmSize:
-    """``TinyLMConfig`` sizes of the benchmarked model (vocab must hold the byte tokenizer's 258)."""
+    """``TinyLMConfig`` sizes of the benchmarked model (vocab must hold the byte tokenizer's 258), and
+    its weights' seed; a torch-free mirror, so the timing process never imports torch. Every field
+    but ``seed`` is passed to ``TinyLMConfig`` by name."""
 
     vocab_size: int = 258
     hidden: int = 768
@@ -179,15 +181,8 @@ def build_model(size: LmSize) -> Any:
     from bitnet_export.zoo.transformer import TinyBitNetLM, TinyLMConfig
 
     torch.manual_seed(size.seed)
-    cfg = TinyLMConfig(
-        vocab_size=size.vocab_size,
-        hidden=size.hidden,
-        layers=size.layers,
-        heads=size.heads,
-        kv_heads=size.kv_heads,
-        intermediate=size.intermediate,
-        max_seq_len=size.max_seq_len,
-    )
+    sizes = {k: v for k, v in asdict(size).items() if k != "seed"}
+    cfg = TinyLMConfig(**sizes)
     return TinyBitNetLM(cfg).eval()
 
 
