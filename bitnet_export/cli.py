@@ -526,7 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--kernels",
         choices=KERNELS,
         default="integer",
-        help="onnx: integer ops (default; ORT CPU/mobile) or float ops only, same maths, for ORT WebGPU",
+        help="onnx: integer ops (default; ORT CPU/mobile), float ops only (same maths, for ORT WebGPU) "
+        "or nbits (same maths on ORT's MatMulNBits kernel, fastest on CPU)",
     )
     exp.add_argument("--out", type=Path, required=True, metavar="PATH", help="file to write")
     exp.add_argument("--opset", type=int, metavar="N", help="default-domain opset (default: 21, 25 for int2)")
@@ -553,7 +554,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="int8",
         help="weight storage (default int8; matmulnbits: ort-genai's 2-bit fast path)",
     )
-    llm.add_argument("--kernels", choices=KERNELS, default="integer", help="ort-genai: float for WebGPU")
+    llm.add_argument(
+        "--kernels",
+        choices=KERNELS,
+        default="integer",
+        help="ort-genai: float for WebGPU, nbits: the exact maths on MatMulNBits (fastest on CPU)",
+    )
     llm.add_argument(
         "--tokenizer", type=Path, metavar="JSON", help="tokenizer.json to ship (litert-lm needs one)"
     )

@@ -22,6 +22,7 @@ TINY = bench_llm.LmSize(
     vocab_size=300, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, max_seq_len=32
 )
 PROMPT, STEPS = 8, 4
+ROWS = ("ort/fp32", "ort/int8", "ort/int8-nbits", "litert/fp32")
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +37,20 @@ def doc() -> dict:
         quick=True,
         isolate=False,  # exports in this process: a subprocess per export costs seconds each
         profile_steps=2,
-        exports=tuple(e for e in bench_llm.EXPORTS if e.key in ("ort/fp32", "ort/int8", "litert/fp32")),
+        exports=tuple(e for e in bench_llm.EXPORTS if e.key in ROWS),
     )
     return bench_llm.bench(settings, lambda msg: None)
 
 
 def test_rows_and_ratios_against_the_same_run(doc: dict) -> None:
     rows = {r["row"]: r for r in doc["results"]}
-    assert set(rows) == {"ort/fp32", "ort/int8", "litert/fp32 [builtin]", "litert/fp32 [xnnpack]"}
+    assert set(rows) == {
+        "ort/fp32",
+        "ort/int8",
+        "ort/int8-nbits",
+        "litert/fp32 [builtin]",
+        "litert/fp32 [xnnpack]",
+    }
     for r in rows.values():
         assert r["threads"] == 1 and r["decode_tok_s"] > 0 and r["prefill_ms"] > 0
         base = rows[r["baseline"]]
@@ -59,6 +66,8 @@ def test_rows_and_ratios_against_the_same_run(doc: dict) -> None:
     # the same float model on both runtimes: the same greedy tokens
     assert rows["litert/fp32 [builtin]"]["tokens_same_as_ref"] == STEPS
     assert rows["ort/int8"]["size_x_fp32"] < 1.0
+    # kernels="nbits" computes int8's numbers: the same greedy tokens
+    assert rows["ort/int8-nbits"]["tokens_same_as_ref"] == STEPS
 
 
 def test_exports_kernels_and_targets(doc: dict) -> None:
@@ -71,7 +80,9 @@ def test_exports_kernels_and_targets(doc: dict) -> None:
     assert "MatMulInteger" not in doc["kernels"]["ort/fp32"]["op_types"]
     assert doc["kernels"]["litert/fp32 [xnnpack]"]["delegate_partitions"] >= 1
     assert doc["kernels"]["litert/fp32 [builtin]"]["delegate_partitions"] == 0
-    (check,) = [c for c in doc["targets"] if not c["informational"]]  # only ort/int8 speed applies
-    assert check["row"] == "ort/int8" and check["baseline"] == "ort/fp32"
-    row = next(r for r in doc["results"] if r["row"] == "ort/int8")
+    ops = doc["kernels"]["ort/int8-nbits"]["op_types"]
+    assert "MatMulNBits" in ops and "MatMulInteger" not in ops
+    (check,) = [c for c in doc["targets"] if not c["informational"]]  # only the exact int8 speed applies
+    assert check["row"] == "ort/int8-nbits" and check["baseline"] == "ort/fp32"
+    row = next(r for r in doc["results"] if r["row"] == "ort/int8-nbits")
     assert check["value"] == row["decode_x_fp32"] and check["passed"] == (check["value"] >= 3.0)

@@ -79,6 +79,21 @@ def test_digits_onnx_and_tflite_on_two_cores(tmp_path, digits, mode):
             assert r.outputs[0].max_abs == 0.0  # integer paths: bit-exact with x86
 
 
+@pytest.mark.parametrize("weights", ["int2", "int8"])
+def test_nbits_kernel_onnx_is_bit_exact_on_arm(tmp_path, digits, weights):
+    """The kernels="nbits" file on aarch64 ORT's MatMulNBits kernels (NEON, dotprod on v1):
+    the padded blocks keep the codes there too; same bits as x86 and PyTorch."""
+    trained, data = digits
+    path = bx.export_onnx(
+        trained, data.x_test[:1], tmp_path / "n.onnx", weights=weights, kernels="nbits"
+    ).path
+    report = bx.verify(
+        trained, data.x_test[:1], path, targets=[f"{c}:ort" for c in CORES], inputs=data.x_test
+    )
+    assert report.passed, report.format_table()
+    assert len(report.results) == 4 and all(r.outputs[0].max_abs == 0.0 for r in report.results)
+
+
 @pytest.mark.parametrize("mode", ["dynamic", "static"])
 def test_float_kernel_onnx_is_bit_exact_on_arm(tmp_path, digits, mode):
     """The kernels="float" file (written for WebGPU) on aarch64 ORT: same bits as x86 and PyTorch."""

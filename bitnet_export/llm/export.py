@@ -34,6 +34,7 @@ from torch import nn
 
 from bitnet_export._io import atomic_write_bytes
 from bitnet_export._version import __version__
+from bitnet_export.backends.onnx.lower_bitlinear import KERNELS
 from bitnet_export.errors import ExportError
 from bitnet_export.llm.decoder import ConcatCacheDecoder, StaticCacheDecoder, cache_names
 from bitnet_export.llm.spec import DecoderSpec, decoder_spec
@@ -549,8 +550,9 @@ def export_llm(
             block quantizer).
         tokenizer: ``tokenizer.json`` path, a ``tokenizers.Tokenizer`` or a fast HF tokenizer;
             required for ``litert-lm`` (its bundles carry the tokenizer).
-        kernels: ONNX only: ``integer`` (CPU) or ``float`` (the same integer maths in float
-            ops, for ORT's WebGPU EP).
+        kernels: ONNX only: ``integer`` (CPU), ``float`` (the same integer maths in float
+            ops, for ORT's WebGPU EP) or ``nbits`` (the same maths on ORT's MatMulNBits
+            kernel, exact, fastest on CPU; ``int8``/``int4``/``int2`` weights).
         prefill_len: LiteRT-LM prefill signature length (default ``min(32, max_seq_len)``).
         bos_token_id: start token (default: the model config's ``bos_token_id``).
         eos_token_ids: stop tokens (default: the config's ``eos_token_id``); LiteRT-LM
@@ -586,8 +588,8 @@ def export_llm(
     allowed = _ORT_WEIGHTS if target == "ort-genai" else _TFLITE_WEIGHTS
     if weights not in allowed:
         raise ExportError(f"export_llm: weights={weights!r} for {target}; choose one of {', '.join(allowed)}")
-    if kernels not in ("integer", "float"):
-        raise ExportError(f"export_llm: kernels={kernels!r}; choose integer or float")
+    if kernels not in KERNELS:
+        raise ExportError(f"export_llm: kernels={kernels!r}; choose one of {', '.join(KERNELS)}")
     if target == "litert-lm" and kernels != "integer":
         raise ExportError("export_llm: kernels= applies to ort-genai only (TFLite lowers its own kernels)")
     if activation_quant not in ("kernel", "graph", "xnnpack"):
