@@ -220,12 +220,17 @@ def test_hf_bitnet_tokens_on_host_runtimes(hf_bitnet: torch.nn.Module, exports: 
 
 
 def test_hf_bitnet_fast_2bit_path_holds(hf_bitnet: torch.nn.Module, tmp_path: Path) -> None:
-    """ORT's MatMulNBits (2-bit blocks, int8 activations at accuracy level 4) keeps the tokens."""
+    """ORT's MatMulNBits (2-bit blocks, int8 activations at accuracy level 4) keeps the tokens,
+    with RMSNorm and RoPE fused into opset-23 kernels (the fast path's other speed-up)."""
     res = export_llm(hf_bitnet, tmp_path / "nbits", "ort-genai", MAX_SEQ, "matmulnbits")
     import onnx
 
-    ops = {n.op_type for n in onnx.load(str(res.path / "model.onnx")).graph.node}
+    ops = [n.op_type for n in onnx.load(str(res.path / "model.onnx")).graph.node]
     assert "MatMulNBits" in ops and "MatMulInteger" not in ops
+    layers = hf_bitnet.config.num_hidden_layers
+    # input, post-attention and final norms; BitNet's attn/ffn sub-norms too; q and k per layer
+    assert ops.count("RMSNormalization") == 4 * layers + 1 and "ReduceMean" not in ops, ops
+    assert ops.count("RotaryEmbedding") == 2 * layers and "Neg" not in ops, ops
     report = verify_generation(hf_bitnet, res.path, PROMPTS, STEPS, ["ort-genai", "ort-cpu"])
     _assert_all_equal(report)
     _assert_logits_close(report)

@@ -371,7 +371,10 @@ def _export_ort(
         {0: batch, 1: seq},
         tuple({0: batch, 2: past} for _ in ins),
     )
-    opset = 25 if weights == "int2" else 21
+    # the fast path: opset 23, where torch.onnx writes RMSNorm as RMSNormalization and
+    # fuse_rope fuses RoPE; the exact ones keep the op chains PyTorch computes (passes.fuse_rope)
+    fast = weights == "matmulnbits"
+    opset = 25 if weights == "int2" else 23 if fast else 21
     captured = capture(
         decoder,
         args,
@@ -393,6 +396,10 @@ def _export_ort(
     name_nodes(hub)
     say(f"lowering {len(captured.layers)} BitNetLayer(s) with weights={weights}, kernels={kernels}")
     lower_bitlinear_nodes(hub, weights, kernels)
+    if fast:
+        from bitnet_export.passes.fuse_rope import fuse_rope
+
+        say(f"fast path: {fuse_rope(hub)} rotary embedding(s) fused into RotaryEmbedding")
     record = _record(spec, "ort-genai", weights, max_seq_len, None) | {"kernels": kernels, "opset": opset}
     annotate(
         hub,
