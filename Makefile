@@ -38,7 +38,7 @@ gpu-env: venv
 	$(BIN)/python -m runtimes.gpu.ort_env build
 
 pytest: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test: lint typecheck arm-env gpu-env pytest
 
