@@ -65,8 +65,8 @@ def _slice_of_last_axis(node: ir.Node | None, t: ir.Value, rank: int) -> tuple[i
     return int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0])
 
 
-def _position_table(value: ir.Value | None) -> tuple[np.ndarray, ir.Value, list[ir.Node]] | None:
-    """``Unsqueeze(Gather(table, position_ids), 1)`` -> ``(table, position_ids, nodes)``."""
+def _position_table(value: ir.Value | None) -> tuple[np.ndarray, ir.Value] | None:
+    """``Unsqueeze(Gather(table, position_ids), 1)`` -> ``(table, position_ids)``."""
     unsq = value.producer() if value is not None else None
     if unsq is None or unsq.op_type != "Unsqueeze" or unsq.domain != "":
         return None
@@ -83,11 +83,11 @@ def _position_table(value: ir.Value | None) -> tuple[np.ndarray, ir.Value, list[
         return None
     if pos.shape is None or len(pos.shape) != 2:
         return None
-    return table, pos, [gather, unsq]
+    return table, pos
 
 
-def _match_rope(add: ir.Node) -> tuple[list[ir.Node], ir.Value, np.ndarray, np.ndarray, ir.Value] | None:
-    """``(chain nodes, t, cos half table, sin half table, position_ids)`` of ``t*cos + rot(t)*sin``."""
+def _match_rope(add: ir.Node) -> tuple[ir.Value, np.ndarray, np.ndarray, ir.Value] | None:
+    """``(t, cos half table, sin half table, position_ids)`` when ``add`` is ``t*cos + rot(t)*sin``."""
     if len(add.inputs) != 2 or any(v is None for v in add.inputs):
         return None
     a, b = add.inputs[0], add.inputs[1]
@@ -126,7 +126,7 @@ def _match_rope(add: ir.Node) -> tuple[list[ir.Node], ir.Value, np.ndarray, np.n
             if cos is None or sin is None or cos[1] is not sin[1]:
                 continue
             tables = []
-            for table, *_ in (cos, sin):
+            for table, _ in (cos, sin):
                 if table.shape[1] != d or not np.array_equal(table[:, :half], table[:, half:]):
                     break
                 tables.append(np.ascontiguousarray(table[:, :half]))
@@ -139,15 +139,15 @@ def _match_rope(add: ir.Node) -> tuple[list[ir.Node], ir.Value, np.ndarray, np.n
                 continue
             if any(len(list(v.uses())) != 1 for v in inner[1:2] + inner[3:]):
                 continue
-            return [hi, neg, lo, cat, mul_c, mul_s, add], t, tables[0], tables[1], cos[1]
+            return t, tables[0], tables[1], cos[1]
     return None
 
 
 def fuse_rope(model: ir.Model) -> int:
     """Replace every rotary-embedding chain of ``model``'s main graph in place; the number fused.
 
-    The slices of ``t`` may feed other ops too (they stay); the cos / sin gathers stay for any
-    other user and are dropped by ORT when unused. Needs opset >= 23 (``RotaryEmbedding``).
+    The chain's final ``Add`` is replaced; what it read and nothing else reads any more (the
+    rotation, the cos / sin gathers) is removed after. Needs opset >= 23 (``RotaryEmbedding``).
     """
     if model.opset_imports.get("", 0) < 23:
         return 0
@@ -169,7 +169,7 @@ def fuse_rope(model: ir.Model) -> int:
         found = _match_rope(node)
         if found is None:
             continue
-        chain, t, cos, sin, pos = found
+        t, cos, sin, pos = found
         new = ir.node(
             "RotaryEmbedding",
             [t, table_value("cos", cos), table_value("sin", sin), pos],
@@ -178,11 +178,9 @@ def fuse_rope(model: ir.Model) -> int:
         )
         out = node.outputs[0]
         name = out.name
-        # the slices may have other users: they stay (dead ones go below)
-        removable = [n for n in chain if all(len(list(o.uses())) <= 1 for o in n.outputs)]
-        ir.convenience.replace_nodes_and_values(graph, node, removable, [new], [out], [new.outputs[0]])
+        ir.convenience.replace_nodes_and_values(graph, node, [node], [new], [out], [new.outputs[0]])
         new.outputs[0].name = name
         fused += 1
-    if fused:  # the cos / sin gathers (and slices) nothing reads any more
+    if fused:  # the rotations and gathers nothing reads any more
         RemoveUnusedNodesPass()(model)
     return fused
