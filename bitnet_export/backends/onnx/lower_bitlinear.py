@@ -415,17 +415,24 @@ def lower_nbits_exact(em: _Emitter, x: ir.Value, p: LayerQuantParams, storage: s
     unsigned[:, :, :real] = (w.reshape(n, nb, real) + zp).astype(np.uint8)
     packed = em.const("weight_q", _pack_nbits(unsigned.reshape(n, k_padded), bits, _EXACT_BLOCK))
     unit = em.const("block_scales", np.ones(n * nb, dtype=np.float32))
-    acc = em.op(
+    acc = _matmulnbits(em, flat, packed, unit, k_padded, n, bits, _EXACT_BLOCK)
+    return _dynamic_rescale(em, acc, m, p)
+
+
+def _matmulnbits(
+    em: _Emitter, x: ir.Value, packed: ir.Value, scales: ir.Value, k: int, n: int, bits: int, block: int
+) -> ir.Value:
+    """ORT's ``MatMulNBits`` at ``accuracy_level=4`` (int8 activations per block: its fast kernels)."""
+    return em.op(
         "MatMulNBits",
-        [flat, packed, unit],
+        [x, packed, scales],
         domain=MS_DOMAIN,
-        K=k_padded,
+        K=k,
         N=n,
         bits=bits,
-        block_size=_EXACT_BLOCK,
+        block_size=block,
         accuracy_level=4,
     )
-    return _dynamic_rescale(em, acc, m, p)
 
 
 def _dynamic_rescale(em: _Emitter, accf: ir.Value, m: ir.Value, p: LayerQuantParams) -> ir.Value:
@@ -499,17 +506,7 @@ def lower_matmulnbits(em: _Emitter, x: ir.Value, p: LayerQuantParams, storage: s
     packed = em.const("weight_q", _pack_nbits(unsigned, bits, block))
     scales = np.repeat(np.broadcast_to(p.weight.scale.astype(np.float32), (n,)), n_blocks)
     s = em.const("weight_scale", np.ascontiguousarray(scales))
-    y = em.op(
-        "MatMulNBits",
-        [x, packed, s],
-        domain=MS_DOMAIN,
-        K=k,
-        N=n,
-        bits=bits,
-        block_size=block,
-        accuracy_level=4,
-    )
-    return _add_bias(em, y, p)
+    return _add_bias(em, _matmulnbits(em, x, packed, s, k, n, bits, block), p)
 
 
 _Lowering = Callable[[_Emitter, ir.Value, LayerQuantParams, str], ir.Value]
