@@ -13,10 +13,12 @@ The fused kernel rounds differently from the chain (another operation order), so
 is *not* bit-identical with PyTorch: only the fast path uses it (``export_llm(weights=
 "matmulnbits")``, opset 23), never an exact one, where one flipped activation code changes the
 logits (measured: fusing a random 100M ternary LM's RMSNorms moved its logits by ~80 % of their
-range over 32 steps). Measured with both fusions: 5.6x -> 6.2x fp32's decode speed (bench_llm).
+range over 32 steps). Measured with torch's RMSNorm fusion: 4.99x -> 5.28x fp32's decode speed
+at 1 thread (bench_llm, the 100M ternary LM).
 
-A chain is fused only when its intermediate values feed nothing else and are not graph
-outputs, and its constants are constants of the expected values.
+A chain is fused only when it goes away with it: its negation, rotation and products feed
+nothing else and no intermediate is a graph output (the slices of ``t`` may have other readers);
+its constants are constants of the expected values.
 """
 
 from __future__ import annotations

@@ -376,7 +376,7 @@ def lower_nbits_exact(em: _Emitter, x: ir.Value, p: LayerQuantParams, storage: s
     check_storage(p, storage)
     k, n = p.in_features, p.out_features
     real = _EXACT_BLOCK - 1
-    nb = -(-k // real)
+    nb = _exact_blocks(k)
     k_padded = nb * _EXACT_BLOCK
     if not _nbits_sum_exact(p):
         raise InternalError(f"lower_nbits_exact: layer {p.module_path!r} is past the float32 bound")
@@ -512,9 +512,14 @@ def lower_matmulnbits(em: _Emitter, x: ir.Value, p: LayerQuantParams, storage: s
 _Lowering = Callable[[_Emitter, ir.Value, LayerQuantParams, str], ir.Value]
 
 
+def _exact_blocks(k: int) -> int:
+    """Blocks of :func:`lower_nbits_exact` for ``K = k``: 127 codes (and a pad) each."""
+    return -(-k // (_EXACT_BLOCK - 1))
+
+
 def _nbits_sum_exact(p: LayerQuantParams) -> bool:
     """Whether :func:`lower_nbits_exact`'s float32 sum of block dot products is exact."""
-    k_padded = -(-p.in_features // (_EXACT_BLOCK - 1)) * _EXACT_BLOCK
+    k_padded = _exact_blocks(p.in_features) * _EXACT_BLOCK
     max_w = int(np.abs(p.weight.values).max()) if p.weight.values.size else 0
     return 127 * k_padded * max_w < 2**24
 
