@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bitnet_export._io import atomic_write_bytes
+from bitnet_export._io import atomic_write_bytes, check_target
 from bitnet_export.backends.onnx.lower_bitlinear import KERNELS, WEIGHT_MODES, lower_bitlinear_nodes
 from bitnet_export.backends.onnx.writer import save_onnx
 from bitnet_export.capture.bitlinear_op import is_bitlinear, read_bitlinear
@@ -161,6 +161,7 @@ def export_onnx(
         opset = 25 if weights == "int2" else 21
     if weights == "int2" and opset < 25:
         raise ExportError(f"export_onnx: weights='int2' needs opset >= 25 (INT2), got opset={opset}")
+    check_target(Path(path))  # refuse a symlink/device/folder target before any work
     say = _progress(progress)
     captured = capture(
         model,
@@ -255,6 +256,7 @@ def export_tflite(
             f"export_tflite: weights={weights!r}; choose one of {', '.join(TFLITE_WEIGHT_MODES)}"
         )
     args = _as_tuple(example_inputs)
+    check_target(Path(path))  # refuse a symlink/device/folder target before any work
     say = _progress(progress)
     captured = capture(
         model,

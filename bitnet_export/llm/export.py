@@ -20,7 +20,6 @@ import contextlib
 import io
 import json
 import os
-import shutil
 import tempfile
 import time
 import zlib
@@ -32,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bitnet_export._io import atomic_write_bytes
+from bitnet_export._io import atomic_write_bytes, check_target, replace_dir, temp_dir
 from bitnet_export._version import __version__
 from bitnet_export.backends.onnx.lower_bitlinear import KERNELS
 from bitnet_export.errors import ExportError
@@ -298,21 +297,6 @@ def _check_tokens(spec: DecoderSpec, tokenizer: bytes | None, target: str) -> No
         )
 
 
-def _replace_dir(tmp: Path, path: Path) -> None:
-    """Move the finished folder ``tmp`` to ``path`` (replacing an old export there)."""
-    if path.exists():
-        if not path.is_dir():
-            raise ExportError(
-                f"export_llm: {path} exists and is not a folder; remove it or choose another --out"
-            )
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
-
-
 def _record(
     spec: DecoderSpec, target: str, weights: str, max_seq_len: int, prefill: int | None
 ) -> dict[str, Any]:
@@ -406,9 +390,9 @@ def _export_ort(
         captured.layers,
         {"weights": weights, "kernels": kernels, "outputs": ["logits", *outs], "llm": record},
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with temp_dir(path, folder=True) as work:
+        tmp = work / path.name
+        tmp.mkdir()
         data = save_onnx(hub, tmp / "model.onnx")
         config = _genai_config(spec, max_seq_len, "model.onnx", n_layers)
         atomic_write_bytes(tmp / "genai_config.json", json.dumps(config, indent=2).encode())
@@ -418,10 +402,7 @@ def _export_ort(
             atomic_write_bytes(tmp / "tokenizer_config.json", json.dumps(tk_config, indent=2).encode())
         size = (tmp / "model.onnx").stat().st_size + (data.stat().st_size if data else 0)
         names = sorted(f.name for f in tmp.iterdir())
-        _replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        replace_dir(tmp, path)
     return [path / n for n in names], size, tuple(captured.layers), record
 
 
@@ -493,9 +474,7 @@ def _export_litert(
         {k: json.dumps(v, sort_keys=True).encode() for k, v in meta.items()},
         f"bitnet_export {__version__}",
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with temp_dir(path) as tmp:
         (tmp / "model.tflite").write_bytes(tflite)
         (tmp / "tokenizer.json").write_bytes(tokenizer)
         msg = llm_metadata_pb2.LlmMetadata()
@@ -521,8 +500,6 @@ def _export_litert(
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp / "bundle.litertlm", path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return [path], path.stat().st_size, layer_paths, record
 
 
@@ -618,6 +595,7 @@ def export_llm(
     prefill = min(32, max_seq_len) if prefill_len is None else int(prefill_len)
     if not 1 <= prefill <= max_seq_len:
         raise ExportError(f"export_llm: prefill_len={prefill} must be in 1..max_seq_len={max_seq_len}")
+    check_target(Path(path), folder=target == "ort-genai")  # before any work: no symlink/device
     tok = _tokenizer_json(tokenizer)
     was_training = model.training
     model.eval()
