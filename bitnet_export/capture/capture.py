@@ -8,7 +8,10 @@ translation into an in-memory ``onnx_ir.Model``.
 from __future__ import annotations
 
 import contextlib
+import copy
+import itertools
 import logging
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -50,6 +53,26 @@ class CapturedModel:
     output_names: tuple[str, ...]
     opset: int
     batch_free: bool = True
+
+
+#: torch.export / torch.onnx keep global tracing state (fake modes, the dispatcher): two threads
+#: capturing at once corrupt each other. Every capture (and export_llm) holds this lock.
+CAPTURE_LOCK = threading.RLock()
+
+
+def shadow_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model``'s module tree that shares its parameter and buffer tensors.
+
+    Capture switches layers into capture mode (buffers, flags, ``eval()``) on this copy, so the
+    user's model is never changed, even for a moment, and costs no second copy of the weights.
+    A model that cannot be deep-copied (a module holding a lock or a file) is captured in place,
+    under :data:`CAPTURE_LOCK`, and restored on exit.
+    """
+    memo: dict[int, object] = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    try:
+        return copy.deepcopy(model, memo)
+    except Exception:
+        return model
 
 
 @contextlib.contextmanager
@@ -215,9 +238,39 @@ def capture(
         raise ExportError(
             "capture: example_inputs must be a non-empty tuple of tensors, e.g. (torch.randn(1, 64),)"
         )
+    for i, a in enumerate(args):
+        if a.is_floating_point() and a.dtype != torch.float32:
+            raise ExportError(
+                f"capture: example_inputs[{i}] is {str(a.dtype).removeprefix('torch.')}; exported "
+                "files take float32 inputs (BitNetLayers compute in float32). Fix: pass "
+                f"example_inputs[{i}].float() (and feed float32 at run time)"
+            )
+        if a.dim() > 0 and a.shape[0] == 0:
+            raise ExportError(
+                f"capture: example_inputs[{i}] has batch 0 (shape {tuple(a.shape)}); the file's "
+                "shapes come from the example inputs. Fix: give at least one row, e.g. "
+                "torch.randn(1, ...)"
+            )
     if dynamic_batch not in (True, False, "auto"):
         raise ExportError(f"capture: dynamic_batch={dynamic_batch!r}; use True, False or 'auto'")
     check_model(model)
+    with CAPTURE_LOCK:
+        return _capture(
+            shadow_copy(model), args, opset, input_names, output_names, dynamic_batch, dynamic_shapes, say
+        )
+
+
+def _capture(
+    model: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    opset: int,
+    input_names: Sequence[str] | None,
+    output_names: Sequence[str] | None,
+    dynamic_batch: bool | str,
+    dynamic_shapes: tuple[object, ...] | None,
+    say: Callable[[str], None],
+) -> CapturedModel:
+    example_inputs = args
     was_training = model.training
     model.eval()
     try:

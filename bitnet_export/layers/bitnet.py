@@ -79,6 +79,11 @@ def _ste(x: torch.Tensor, xq: torch.Tensor, blend: float, grad_factor: torch.Ten
     return value.detach() + delta
 
 
+#: Smallest static activation scale accepted: a normal float32 (TFLite's and ORT's requantizers
+#: divide by it; a denormal or zero scale makes their multipliers overflow).
+_MIN_STATIC_SCALE: Final = 1.1754944e-38  # np.finfo(np.float32).tiny
+
+
 class BitNetLayer(nn.Module):
     """Linear layer with BitNet-style weight and activation quantization.
 
@@ -315,7 +320,21 @@ class BitNetLayer(nn.Module):
                 f"{self._label()}: checkpoint has no BitNetLayer quantization config "
                 "(_extra_state); was it saved by bitnet_export?"
             )
-        self.configure_quantization(**state["quant_config"])
+        config = state["quant_config"]
+        if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+            raise QuantConfigError(
+                f"{self._label()}: checkpoint _extra_state['quant_config'] is a {type(config).__name__}, "
+                "not the dict of configure_quantization() arguments that bitnet_export saves. Fix: "
+                "save the checkpoint with torch.save(model.state_dict(), path) from a BitNetLayer model"
+            )
+        try:
+            self.configure_quantization(**config)
+        except TypeError as exc:  # an unknown or missing argument
+            raise QuantConfigError(
+                f"{self._label()}: checkpoint _extra_state['quant_config'] does not fit "
+                f"configure_quantization(): {exc}. Fix: save the checkpoint with this bitnet_export "
+                "version, or remove the unknown keys"
+            ) from exc
 
     # ----------------------------------------------------------------- calibration
     def start_calibration(self) -> None:
@@ -343,13 +362,17 @@ class BitNetLayer(nn.Module):
         self.calibrated.fill_(True)
 
     def _static_qparams(self, observer: RangeObserver) -> tuple[float, int]:
-        return qf.static_qparams(
-            float(observer.min_val),
-            float(observer.max_val),
-            self.activation_bits,
-            self.symmetric,
-            self.eps,
-        )
+        lo, hi = float(observer.min_val), float(observer.max_val)
+        scale, zp = qf.static_qparams(lo, hi, self.activation_bits, self.symmetric, self.eps)
+        if not (math.isfinite(scale) and scale >= _MIN_STATIC_SCALE):
+            which = "input" if observer is self.input_observer else "output"
+            raise QuantConfigError(
+                f"{self._label()}: the calibrated {which} range [{lo:.6g}, {hi:.6g}] gives the static "
+                f"scale {scale:.6g}, which float32 int8 kernels cannot use (it must be finite and at "
+                f"least {_MIN_STATIC_SCALE:g}). Fix: calibrate on data without such outliers (clip "
+                "or normalize the inputs), or use activation_mode='dynamic'"
+            )
+        return scale, zp
 
     def _static_params(self, observer: RangeObserver) -> ActivationQuantParams:
         qmin, qmax = qf.activation_qrange(self.activation_bits)
@@ -612,10 +635,13 @@ class BitNetLayer(nn.Module):
             NotCalibratedError: static mode, not calibrated and not calibrating.
         """
         self._check_input(x)
+        x = x.float() if x.dtype != torch.float32 else x  # the layer computes in float32
         if self._capture_config is not None:
             op = torch.ops.bitnet_export.bitlinear
+            if x.dim() == 1:  # one token: backends see a [1, in] row (a 1-D FC output is [1, out])
+                y = op(x.reshape(1, -1), self.weight_q, self.weight_scale, self.bias, self._capture_config)
+                return y.reshape(-1)
             return op(x, self.weight_q, self.weight_scale, self.bias, self._capture_config)
-        x = x.float() if x.dtype != torch.float32 else x
         blend = self.blend if self.enabled else 0.0
         x_factor: torch.Tensor | None = None
         exact: Callable[[], torch.Tensor] | None = None  # the integer form, for inference

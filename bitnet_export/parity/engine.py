@@ -14,6 +14,7 @@ from torch import nn
 
 from bitnet_export.backends import file_format, read_file_metadata
 from bitnet_export.capture.outputs import flatten_outputs
+from bitnet_export.errors import ExportError
 from bitnet_export.parity.metrics import compare
 from bitnet_export.parity.report import ParityReport, TargetResult, Tolerance
 from bitnet_export.parity.tolerances import tolerance_for, tolerance_vs_cpu, tolerance_vs_host
@@ -35,7 +36,7 @@ __all__ = [
 
 
 def seeded_inputs(example_inputs: Sequence[torch.Tensor], seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Random inputs shaped like ``example_inputs``, with their mean and spread, from ``seed``."""
+    """Random inputs shaped like ``example_inputs`` (and of their dtype), with their mean and spread."""
     gen = torch.Generator().manual_seed(seed)
     out = []
     for ex in example_inputs:
@@ -44,7 +45,7 @@ def seeded_inputs(example_inputs: Sequence[torch.Tensor], seed: int = 0) -> tupl
             continue
         std = float(ex.float().std()) if ex.numel() > 1 else 1.0
         mean = float(ex.float().mean())
-        out.append(torch.randn(ex.shape, generator=gen) * (std or 1.0) + mean)
+        out.append((torch.randn(ex.shape, generator=gen) * (std or 1.0) + mean).to(ex.dtype))
     return tuple(out)
 
 
@@ -93,6 +94,16 @@ class _FileFacts:
 
 def _file_facts(path: Path) -> _FileFacts:
     meta = read_file_metadata(path)
+    try:
+        return _parse_facts(path, meta)
+    except (ValueError, KeyError, TypeError, IndexError) as exc:  # json.JSONDecodeError is a ValueError
+        raise ExportError(
+            f"{path}: its bitnet_export.* metadata cannot be read ({type(exc).__name__}: {exc}); "
+            "the file was edited or written by another tool. Fix: re-export it with bitnet-export export"
+        ) from exc
+
+
+def _parse_facts(path: Path, meta: dict[str, str]) -> _FileFacts:
     layers = json.loads(meta.get("bitnet_export.layers", "[]"))
     weights = json.loads(meta["bitnet_export.weights"]) if "bitnet_export.weights" in meta else None
     return _FileFacts(

@@ -48,9 +48,29 @@ __all__ = ["lower_bitlinear"]
 _FC_VERSION: Final = {"float": 1, "int8": 7, "hybrid": 9, "int4": 13, "int2": 14}
 
 
-def _weights(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams) -> int:
+def _codes_and_scales(p: LayerQuantParams) -> tuple[np.ndarray, np.ndarray]:
+    """The weight codes and one positive float64 scale per output row.
+
+    A row whose scale is 0 (a binary or ternary layer with an all-zero row: ``mean|w| = 0``)
+    contributes nothing; TFLite's per-channel quantization requires ``scale > 0`` (XNNPACK and
+    the compiled CPU model refuse to load a zero scale), so such a row is written as codes 0 at
+    scale 1: the same zero product, exactly.
+    """
+    scales = np.broadcast_to(np.asarray(p.weight.scale, np.float64).reshape(-1), (p.out_features,)).copy()
+    zero = ~(scales > 0)
     codes = p.weight.values
-    scales = [float(s) for s in p.weight.scale]
+    if zero.any():
+        codes = codes.copy()
+        codes[zero] = 0
+        scales[zero] = 1.0
+    return codes, scales
+
+
+def _weights(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams) -> int:
+    codes, s = _codes_and_scales(p)
+    if p.weight.granularity != "per_channel" and np.all(s == s[0]):
+        s = s[:1]
+    scales = [float(v) for v in s]
     q = Quant(scales, [0] * len(scales), axis=0)
     return ctx.builder.add_constant(ctx.name(node, "weight_q"), codes, dtype=ctx.weights, quant=q)
 
@@ -81,18 +101,56 @@ def _output_quant(node: ir.Node, p: LayerQuantParams) -> tuple[float, int, bool]
     return p.output.scale, p.output.zero_point, False
 
 
+_INT32_MAX: Final = 2**31 - 1
+
+
+def _check_int32_accumulator(p: LayerQuantParams, bq: np.ndarray, bias_scale: np.ndarray) -> None:
+    """Refuse a bias the int8 FC's int32 accumulator cannot hold.
+
+    TFLite adds the int32 bias ``round(b / (s_in * s_w[c]))`` to ``sum((q_x - zp) * q_w)``
+    (``|q_x - zp| <= 255``) in int32. With a tiny input scale (inputs calibrated near 1e-6: the
+    range is floored at ``eps``, ``s_in = 1e-5 / 255 = 3.9e-8``) a bias of 0.2 needs 2.5e9 > 2^31:
+    clipping it (as this lowering did) made every output the saturated bias (239 LSB off,
+    cosine -0.03), and no runtime can represent the exact value. Refused, with the ``eps`` that
+    would fit.
+    """
+    assert p.input.scale is not None
+    wmax = float(np.abs(p.weight.values).max()) if p.weight.values.size else 0.0
+    headroom = _INT32_MAX - p.in_features * 255 * wmax
+    worst = float(np.abs(bq).max()) if bq.size else 0.0
+    if worst <= headroom:
+        return
+    # s_in >= |b_c| / (s_w[c] * headroom) for every channel; the range floor eps gives s_in = eps / levels
+    s_w = bias_scale.astype(np.float64) / np.float64(p.input.scale)
+    need = float(np.max(np.abs(p.bias.astype(np.float64)) / (s_w * max(headroom, 1.0))))  # type: ignore[union-attr]
+    levels = p.input.qmax if p.input.symmetric else p.input.qmax - p.input.qmin
+    eps_fit = need * levels * 1.01
+    raise ExportError(
+        f"tflite: layer {p.module_path!r} (BitNetLayer), op FULLY_CONNECTED (full-integer int8): "
+        f"the input scale {p.input.scale:.3g} (calibrated range [{p.input.observed_min:.3g}, "
+        f"{p.input.observed_max:.3g}], floored at eps={p.input.eps:g}) makes the int32 bias "
+        f"round(bias / (s_in * s_w)) reach {worst:.3g}, beyond the int32 accumulator "
+        f"(2^31 - 1 - {p.in_features} * 255 * {wmax:g} = {headroom:.3g}); TFLite cannot represent this "
+        f"layer exactly. Fix: raise the layer's eps to at least {eps_fit:.3g} "
+        "(`layer.eps = ...`, then re-calibrate), or rescale the inputs so that they are calibrated "
+        "on a larger range, or use activation_mode='dynamic' for this layer"
+    )
+
+
 def _full_integer(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams) -> None:
     a = p.input
     assert a.scale is not None and a.zero_point is not None and node.inputs[0] is not None
     # activation_bits=8 and the weight storage are checked by the pre-flight (convert.py)
     x = ctx.int8_tensor(node.inputs[0], a.scale, a.zero_point, node)
     w = _weights(ctx, node, p)
-    s_w = np.broadcast_to(p.weight.scale.astype(np.float64), (p.out_features,))
+    s_w = _codes_and_scales(p)[1]
     bias_scale = (np.float32(a.scale) * s_w.astype(np.float32)).astype(np.float32)
     bias = -1
     if p.bias is not None:
         # int32 bias at scale s_in * s_w[c], zero point 0 (TFLite's int8 FC contract)
-        bq = np.clip(np.rint(p.bias.astype(np.float64) / bias_scale), -(2**31), 2**31 - 1).astype(np.int32)
+        bq64 = np.rint(p.bias.astype(np.float64) / bias_scale)
+        _check_int32_accumulator(p, bq64, bias_scale)
+        bq = bq64.astype(np.int32)
         # the bias' quantization mirrors the filter's: one scale for a per-tensor filter (LiteRT
         # reads a multi-scale bias as scale 0 and fails its bias-scale check otherwise)
         n = p.out_features if p.weight.granularity == "per_channel" else 1
@@ -127,10 +185,64 @@ def _full_integer(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams) -> N
         ctx.int8[id(out_value)] = Int8Alias(out, out_scale, out_zp)
 
 
+#: columns appended to every hybrid FC input row to carry BitNet's ``eps`` floor (see
+#: :func:`_eps_floored`); 4 keeps the row length's alignment (and INT4/INT2 packing) as it was
+EPS_PAD: Final = 4
+
+
+def _eps_floored(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams, x: int) -> int:
+    """``x`` with :data:`EPS_PAD` columns appended whose values ``v`` satisfy
+    ``eps <= v <= max(max|x_row|, eps)``.
+
+    The builtin/reference hybrid kernel quantizes a row with ``absmax / 127`` and has no floor;
+    BitNet uses ``max(absmax, eps)``. A row with ``0 < absmax < eps`` (tiny activations) is then
+    quantized on a finer grid than the reference (measured 2.9e-2 relative at max|x| = 1e-6, no
+    bias). With the pad, the row's absmax *is* ``max(absmax, eps)``; the pad's weight columns are
+    zero, so it adds nothing to the integer accumulator: the kernel computes BitNet's maths
+    exactly. Rows with ``absmax >= eps`` keep their range, so their result is unchanged.
+    Static shapes: a constant ``eps`` block; a free dim: ``MAXIMUM(max(x_row), eps)``
+    (``max(x_row) <= max|x_row|``; REDUCE_MAX, unlike SLICE, is delegated by XNNPACK).
+    """
+    b = ctx.builder
+    assert node.inputs[0] is not None
+    dims, sig = ctx.shape(node.inputs[0])
+    eps = np.float32(p.input.eps)
+    pad_dims = [*dims[:-1], EPS_PAD]
+    if all(d >= 0 for d in sig):
+        parts = [b.add_constant(ctx.name(node, "eps_pad"), np.full(pad_dims, eps, np.float32))]
+    else:
+        row_max = b.add_tensor(
+            ctx.name(node, "row_max"), [*dims[:-1], 1], "float32", shape_signature=[*sig[:-1], 1]
+        )
+        axis = b.add_constant(ctx.name(node, "eps_axis"), np.asarray([len(dims) - 1], np.int32))
+        b.add_op("REDUCE_MAX", [x, axis], [row_max], keepDims=True)
+        col = b.add_tensor(
+            ctx.name(node, "eps_column"), [*dims[:-1], 1], "float32", shape_signature=[*sig[:-1], 1]
+        )
+        b.add_op(
+            "MAXIMUM", [row_max, b.add_constant(ctx.name(node, "eps"), np.asarray([eps], np.float32))], [col]
+        )
+        parts = [col] * EPS_PAD
+    out = b.add_tensor(
+        ctx.name(node, "input_eps_padded"),
+        [*dims[:-1], dims[-1] + EPS_PAD],
+        "float32",
+        shape_signature=[*sig[:-1], dims[-1] + EPS_PAD],
+    )
+    b.add_op("CONCATENATION", [x, *parts], [out], axis=len(dims) - 1, fusedActivationFunction=0)
+    return out
+
+
 def _hybrid(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams) -> None:
     assert node.inputs[0] is not None
-    x = ctx.float_tensor(node.inputs[0], node)
-    w = _weights(ctx, node, p)
+    x = _eps_floored(ctx, node, p, ctx.float_tensor(node.inputs[0], node))
+    codes, s_w = _codes_and_scales(p)
+    if p.weight.granularity != "per_channel" and np.all(s_w == s_w[0]):
+        s_w = s_w[:1]
+    codes = np.concatenate([codes, np.zeros((p.out_features, EPS_PAD), codes.dtype)], axis=1)
+    scales = [float(v) for v in s_w]
+    q = Quant(scales, [0] * len(scales), axis=0)
+    w = ctx.builder.add_constant(ctx.name(node, "weight_q"), codes, dtype=ctx.weights, quant=q)
     bias = -1
     if p.bias is not None:
         bias = ctx.builder.add_constant(ctx.name(node, "bias"), p.bias.astype(np.float32))
