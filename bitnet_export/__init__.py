@@ -10,31 +10,44 @@ Pipeline (one folder per stage)::
     runtimes/ (top level)        one adapter per target (ONNX Runtime CPU, ...)
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from bitnet_export._version import __version__
-from bitnet_export.api import ExportResult, export_onnx, export_tflite, verify
-from bitnet_export.errors import (
-    BitNetExportError,
-    ExportError,
-    InternalError,
-    NotCalibratedError,
-    QuantConfigError,
-)
-from bitnet_export.layers.bitnet import BitNetLayer
-from bitnet_export.quant.params import ActivationQuantParams, LayerQuantParams, WeightQuantParams
-from bitnet_export.training import (
-    ConversionReport,
-    GradualQuantization,
-    LayerStats,
-    bitnet_layers,
-    calibrate,
-    calibration,
-    configure_model,
-    convert_to_bitnet,
-    format_statistics,
-    layer_statistics,
-    load_hf_bitnet,
-    name_layers,
-)
+
+#: public name -> the module that defines it. Imported on first use, so that ``import
+#: bitnet_export`` (and ``bitnet-export --help``) does not load torch, onnx and LiteRT up front.
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(("ExportResult", "export_onnx", "export_tflite", "verify"), "bitnet_export.api"),
+    "export_llm": "bitnet_export.llm.export",
+    **dict.fromkeys(
+        ("BitNetExportError", "ExportError", "InternalError", "NotCalibratedError", "QuantConfigError"),
+        "bitnet_export.errors",
+    ),
+    "BitNetLayer": "bitnet_export.layers.bitnet",
+    **dict.fromkeys(
+        ("ActivationQuantParams", "LayerQuantParams", "WeightQuantParams"), "bitnet_export.quant.params"
+    ),
+    **dict.fromkeys(
+        (
+            "ConversionReport",
+            "GradualQuantization",
+            "LayerStats",
+            "bitnet_layers",
+            "calibrate",
+            "calibration",
+            "configure_model",
+            "convert_to_bitnet",
+            "format_statistics",
+            "layer_statistics",
+            "load_hf_bitnet",
+            "name_layers",
+        ),
+        "bitnet_export.training",
+    ),
+}
 
 __all__ = [
     "ActivationQuantParams",
@@ -56,6 +69,7 @@ __all__ = [
     "calibration",
     "configure_model",
     "convert_to_bitnet",
+    "export_llm",
     "export_onnx",
     "export_tflite",
     "format_statistics",
@@ -64,3 +78,44 @@ __all__ = [
     "name_layers",
     "verify",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bitnet_export' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+if TYPE_CHECKING:  # static checkers see the eager imports
+    from bitnet_export.api import ExportResult, export_onnx, export_tflite, verify
+    from bitnet_export.errors import (
+        BitNetExportError,
+        ExportError,
+        InternalError,
+        NotCalibratedError,
+        QuantConfigError,
+    )
+    from bitnet_export.layers.bitnet import BitNetLayer
+    from bitnet_export.llm.export import export_llm
+    from bitnet_export.quant.params import ActivationQuantParams, LayerQuantParams, WeightQuantParams
+    from bitnet_export.training import (
+        ConversionReport,
+        GradualQuantization,
+        LayerStats,
+        bitnet_layers,
+        calibrate,
+        calibration,
+        configure_model,
+        convert_to_bitnet,
+        format_statistics,
+        layer_statistics,
+        load_hf_bitnet,
+        name_layers,
+    )

@@ -41,7 +41,7 @@ from torch import nn
 
 from bitnet_export._version import __version__
 from bitnet_export.api import export_onnx, export_tflite, verify
-from bitnet_export.backends import file_format
+from bitnet_export.backends import check_readable, file_format
 from bitnet_export.backends.onnx.inspect import inspect_onnx
 from bitnet_export.backends.onnx.lower_bitlinear import KERNELS, WEIGHT_MODES
 from bitnet_export.backends.tflite.inspect import inspect_tflite
@@ -50,6 +50,7 @@ from runtimes import ADAPTERS
 
 __all__ = [
     "EXIT_FAILED",
+    "EXIT_INTERNAL",
     "EXIT_OK",
     "EXIT_USAGE",
     "FORMATS",
@@ -66,6 +67,9 @@ EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 #: Bad arguments, bad spec / checkpoint / file, or an export the API refused.
 EXIT_USAGE: Final = 2
+#: A bug in bitnet-export (an exception no check anticipated): reported in one line, with the
+#: traceback when ``BITNET_EXPORT_DEBUG=1``.
+EXIT_INTERNAL: Final = 3
 
 #: ``--format`` -> exporter. A new backend (``tflite``) is one more entry.
 FORMATS: Final[dict[str, Callable[..., Any]]] = {"onnx": export_onnx, "tflite": export_tflite}
@@ -257,6 +261,18 @@ def load_checkpoint(model: nn.Module, path: Path, spec: str) -> None:
         raise CliError(
             f"checkpoint {path} not found; give the file saved with torch.save(model.state_dict())"
         )
+    size = path.stat().st_size
+    if size == 0:
+        raise CliError(
+            f"checkpoint {path} is empty (0 bytes); save it with torch.save(model.state_dict(), path)"
+        )
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] != b"PK" and head[:1] != b"\x80":  # torch.save: a zip archive (or a legacy pickle)
+        raise CliError(
+            f"checkpoint {path} is not a torch.save file ({size} bytes starting {head!r}, neither a "
+            "zip archive nor a pickle); save it with torch.save(model.state_dict(), path)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -278,7 +294,9 @@ def load_checkpoint(model: nn.Module, path: Path, spec: str) -> None:
         )
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:
+    except BitNetExportError as exc:  # e.g. a BitNetLayer _extra_state of the wrong type
+        raise CliError(f"checkpoint {path} does not fit the model of spec {spec!r}: {exc}") from exc
+    except (RuntimeError, TypeError, ValueError, KeyError) as exc:
         raise CliError(
             f"checkpoint {path} does not fit the model of spec {spec!r}: {exc}\n"
             f"was it saved from the model that factory builds?"
@@ -372,10 +390,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     paths: list[Path] = args.files
     for path in paths:
-        if not path.is_file():
-            raise CliError(
-                f"verify: {path} not found; export it first with '{_PROG} export SPEC --out {path}'"
-            )
+        check_readable(path)  # not found / FIFO / device / empty: refused before anything opens it
     model, inputs = _load_model(args.spec, args.checkpoint)
     targets: list[str] | None = args.target
     names = ", ".join(targets) if targets else "every runtime that can run each file"
@@ -422,8 +437,7 @@ def _fmt_layer(layer: dict[str, Any]) -> str:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    if not Path(args.file).is_file():
-        raise CliError(f"inspect: {args.file} not found")
+    check_readable(Path(args.file))
     if file_format(args.file) == "tflite":
         info = inspect_tflite(args.file)
     else:
@@ -637,7 +651,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments after the program name.
 
     Returns:
-        The exit code: 0 success, 1 parity failed, 2 usage or user error.
+        The exit code: 0 success, 1 parity failed (or a target failed), 2 usage or user error
+        (the message names the fix), 3 internal error (a bug: please report it), 130 interrupted.
     """
     parser = build_parser()
     try:
@@ -659,6 +674,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say(f"{_PROG}: interrupted")
         return 130
+    except Exception as exc:  # no check anticipated it: our bug, not the user's
+        if os.environ.get("BITNET_EXPORT_DEBUG"):
+            traceback.print_exc()
+        _say(
+            f"{_PROG}: internal error in '{args.command}': {type(exc).__name__}: {exc}\n"
+            f"this is a bug in bitnet-export {__version__}; rerun with BITNET_EXPORT_DEBUG=1 for the "
+            "traceback and report it"
+        )
+        return EXIT_INTERNAL
     return code
 
 

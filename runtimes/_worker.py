@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import selectors
+import shlex
 import shutil
 import signal
 import subprocess
@@ -59,6 +60,7 @@ class WorkerProcess:
         where: what the process is, for messages (``qemu-aarch64 -cpu cortex-a53``).
         prefix: the temporary directory's name prefix.
         preexec_fn: run in the child before exec.
+        fix: what to run when the process dies at start (e.g. ``make arm-env``), for messages.
 
     Raises:
         RuntimeAdapterError: the process cannot be started.
@@ -75,8 +77,10 @@ class WorkerProcess:
         prefix: str,
         support: Sequence[Path] = (),
         preexec_fn: Callable[[], None] | None = None,
+        fix: str = "",
     ) -> None:
         self.where = where
+        self.fix = fix
         self.dir = Path(tempfile.mkdtemp(prefix=prefix))
         for source in (script, _WORKER_SIDE, *support):
             shutil.copy2(source, self.dir / source.name)
@@ -86,6 +90,7 @@ class WorkerProcess:
         self._buf = b""
         self._lock = threading.Lock()
         argv = list(command(script.name))
+        self.argv = argv
         with self.log_path.open("wb") as log:
             try:
                 self.proc = subprocess.Popen(
@@ -114,13 +119,17 @@ class WorkerProcess:
             lines = self.log_path.read_text(errors="replace").strip().splitlines()
         except OSError:
             return "(no log)"
-        return "\n".join(lines[-_LOG_TAIL:]) if lines else "(log is empty)"
+        return "\n".join(lines[-_LOG_TAIL:]) if lines else "(the worker wrote nothing to stderr)"
 
     def fail(self, name: str, what: str) -> RuntimeAdapterError:
-        """An error naming ``name``, what happened, the process and the tail of its log."""
-        return RuntimeAdapterError(
-            f"{name}: {what} ({self.where}, worker dir {self.dir}); worker log tail:\n{self.log_tail()}"
+        """An error naming ``name``, what happened, the command, the tail of its log and the fix."""
+        msg = (
+            f"{name}: {what} ({self.where})\ncommand: {shlex.join(self.argv)}\n(in {self.dir})\n"
+            f"worker stderr tail:\n{self.log_tail()}"
         )
+        if self.fix and not self.hello:  # it never said hello: its environment is broken
+            msg += f"\nFix: {self.fix}"
+        return RuntimeAdapterError(msg)
 
     def kill(self) -> None:
         """Kill the whole process group and wait for it."""

@@ -69,6 +69,7 @@ def _new_worker(env: ArmEnv, cpu: str, target: str) -> WorkerProcess:
         where=f"qemu-aarch64 -cpu {cpu}",
         prefix=f"bitnet-arm64-{cpu}-",
         preexec_fn=_no_core_dumps,
+        fix="rebuild the emulated aarch64 environment with `make arm-env` (python -m runtimes.arm.env build)",
     )
 
 

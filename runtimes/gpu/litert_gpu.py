@@ -151,7 +151,8 @@ class LiteRtGpuAdapter(LiteRtCompiledModelAdapter):
             if not self.icd.is_file():
                 raise RuntimeAdapterError(
                     f"{self.name}: Vulkan ICD manifest {self.icd} does not exist; build SwiftShader "
-                    "with `python -m runtimes.gpu.vulkan build` or pass an installed driver's json"
+                    "with `make gpu-env` (python -m runtimes.gpu.vulkan build) or pass an installed "
+                    "driver's json"
                 )
             return str(self.icd.resolve()), "icd argument"
         if os.environ.get(ICD_ENV):
@@ -200,6 +201,11 @@ class LiteRtGpuAdapter(LiteRtCompiledModelAdapter):
         tail = _stderr_tail(self._stderr)
         icd = f"{ICD_ENV}={self._icd_used!r} ({self._icd_source})"
         msg = f"{self.name}: {what}" + (f": {reason}" if reason else "") + f" [{icd}]"
+        if self._icd_used is None and not has_hardware_gpu():
+            msg += (
+                "\nFix: no GPU and no software Vulkan driver: run `make gpu-env` "
+                "(python -m runtimes.gpu.vulkan build), or set VK_ICD_FILENAMES to a driver's json"
+            )
         if tail:
             msg += f"\nLiteRT stderr:\n{tail}"
         return RuntimeAdapterError(msg)

@@ -108,7 +108,8 @@ class OrtWebGpuAdapter:
         if self._icd_source == "none":
             raise RuntimeAdapterError(
                 "ort-webgpu: no Vulkan device: no GPU ICD configured and no software ICD built; "
-                "run python -m runtimes.gpu.vulkan build (or set VK_ICD_FILENAMES)"
+                "run `make gpu-env` (python -m runtimes.gpu.vulkan build), or set VK_ICD_FILENAMES "
+                "to a driver's json"
             )
         env = {k: v for k, v in os.environ.items() if k != "PYTHONHOME"}
         env.update(extra)
@@ -121,12 +122,17 @@ class OrtWebGpuAdapter:
             where=f"onnxruntime-webgpu from {site}",
             prefix="bitnet-ort-webgpu-",
             support=(_PROBE,),
+            fix="rebuild the GPU environment with `make gpu-env` (software Vulkan + onnxruntime-webgpu)",
         )
         self._worker = worker
         devices = worker.start(self.name, self.timeout_s).get("vulkan_devices", [])
         if not any("name" in d for d in devices):
             worker.kill()
-            raise worker.fail(self.name, f"the Vulkan loader shows no device ({devices})")
+            raise worker.fail(
+                self.name,
+                f"the Vulkan loader shows no device ({devices}); run `make gpu-env` for the software "
+                "driver, or set VK_ICD_FILENAMES to a GPU driver's json",
+            )
         return worker
 
     def _request(self, req: Mapping[str, Any], doing: str) -> dict[str, Any]:
