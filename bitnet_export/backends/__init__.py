@@ -25,7 +25,7 @@ def check_readable(path: Path) -> None:
         st = os.stat(path)
     except OSError as exc:
         raise ExportError(
-            f"{path}: not found ({exc.strerror}); export it first with bitnet-export export"
+            f"{path} not found ({exc.strerror}); export it first with bitnet-export export"
         ) from exc
     if not stat.S_ISREG(st.st_mode):
         kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file (a FIFO, device or socket)"
