@@ -56,7 +56,7 @@ class CapturedModel:
 
 
 #: torch.export / torch.onnx keep global tracing state (fake modes, the dispatcher): two threads
-#: capturing at once corrupt each other. Every capture (and export_llm) holds this lock.
+#: capturing at once corrupt each other. Every capture holds this lock.
 CAPTURE_LOCK = threading.RLock()
 
 

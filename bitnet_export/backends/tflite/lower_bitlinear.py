@@ -66,10 +66,13 @@ def _codes_and_scales(p: LayerQuantParams) -> tuple[np.ndarray, np.ndarray]:
     return codes, scales
 
 
-def _weights(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams) -> int:
+def _weights(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams, pad: int = 0) -> int:
+    """The quantized weight constant; ``pad`` zero columns appended (see :func:`_eps_floored`)."""
     codes, s = _codes_and_scales(p)
     if p.weight.granularity != "per_channel" and np.all(s == s[0]):
         s = s[:1]
+    if pad:
+        codes = np.concatenate([codes, np.zeros((p.out_features, pad), codes.dtype)], axis=1)
     scales = [float(v) for v in s]
     q = Quant(scales, [0] * len(scales), axis=0)
     return ctx.builder.add_constant(ctx.name(node, "weight_q"), codes, dtype=ctx.weights, quant=q)
@@ -236,13 +239,7 @@ def _eps_floored(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams, x: in
 def _hybrid(ctx: LoweringContext, node: ir.Node, p: LayerQuantParams) -> None:
     assert node.inputs[0] is not None
     x = _eps_floored(ctx, node, p, ctx.float_tensor(node.inputs[0], node))
-    codes, s_w = _codes_and_scales(p)
-    if p.weight.granularity != "per_channel" and np.all(s_w == s_w[0]):
-        s_w = s_w[:1]
-    codes = np.concatenate([codes, np.zeros((p.out_features, EPS_PAD), codes.dtype)], axis=1)
-    scales = [float(v) for v in s_w]
-    q = Quant(scales, [0] * len(scales), axis=0)
-    w = ctx.builder.add_constant(ctx.name(node, "weight_q"), codes, dtype=ctx.weights, quant=q)
+    w = _weights(ctx, node, p, pad=EPS_PAD)
     bias = -1
     if p.bias is not None:
         bias = ctx.builder.add_constant(ctx.name(node, "bias"), p.bias.astype(np.float32))
