@@ -279,7 +279,8 @@ def test_crash_is_an_error_with_the_log_then_recovers(models: Models) -> None:
     adapter.load(models.files["static", "tflite"])
     worker = adapter._worker
     assert worker is not None
-    with pytest.raises(RuntimeAdapterError, match=r"killed by SIGILL.*worker log tail"):
+    crash = r"(?s)killed by SIGILL.*command: .*qemu-aarch64.*worker stderr tail"
+    with pytest.raises(RuntimeAdapterError, match=crash):
         worker.request({"op": "signal", "signum": int(signal.SIGILL)}, adapter.name, 30)
     # the next run reloads the model in a fresh process
     out = adapter.run({"input": models.x})["output"]

@@ -11,7 +11,13 @@ Why each bound is what it is:
   a fraction of an activation step: ``max_rel <= 3e-2`` and ``cosine >= 0.999`` (measured
   worst case on the test models ~1e-2).
 * TFLite hybrid (dynamic) on ``litert-builtin``/``litert-reference``: ``max_rel <= 1e-5``; on
-  ``litert-xnnpack`` the kernel quantizes asymmetrically (a different computation): loose bound.
+  ``litert-xnnpack`` the kernel quantizes rows asymmetrically (a different computation): its
+  error on an output is a fraction of one activation step times ``sum |w|`` of that output's
+  row, i.e. it scales with ``|x| * |w|``, not with ``|y|``. ``max_rel`` divides by ``max |y|``
+  over the whole output, so ``max_rel <= 5e-2`` / ``cosine >= 0.999`` holds where many outputs
+  set that maximum (measured <= 1.0e-2 over 8 seeds of the test MLPs); it is not a bound for an
+  output of one or a few values that cancel to near zero, where the ratio is unbounded. Such
+  files are judged on ``litert-builtin``, which computes BitNet's maths.
 * ONNX exported with ``kernels="float"`` on ``ort-webgpu``: the same maths in float ops; exact
   on SwiftShader (measured 0 on every test model). A GPU may divide with up to 2.5 ulp of error
   (WGSL / Vulkan precision), which moves the rare ``x * gamma`` or ``x / s_x`` lying within a few
