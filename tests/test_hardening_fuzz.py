@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -145,9 +146,18 @@ def _check(case: Case, folder: Path) -> None:
             xnn = bx.verify(model, x, res.path, targets=["litert-xnnpack"], inputs=x).results[-1]
             if xnn.error is not None and XNNPACK_REFUSAL.search(xnn.error):
                 _count("xnnpack:refused-partial")
+            elif _only_max_rel_of_few_outputs(xnn):
+                # the stated limit of XNNPACK's bound (parity/tolerances.py): a ratio to max|y|
+                # of a few outputs is unbounded; test_hardening's test_12 checks the true bound
+                _count("xnnpack:few-outputs-over-max_rel")
             else:
                 _judge(xnn, case, weights, ref_max)
                 _count("xnnpack:verified")
+
+
+def _only_max_rel_of_few_outputs(result: TargetResult) -> bool:
+    few = result.error is None and all(int(np.prod(o.shape)) < 16 for o in result.outputs)
+    return few and not result.passed and all("max_rel" in v for v in result.violations)
 
 
 def _judge(result: TargetResult, case: Case, weights: str, ref_max: float) -> None:
@@ -203,6 +213,9 @@ def test_random_layer_configs_export_and_verify_or_are_refused_clearly() -> None
         Case(1, (33, 7), True, "static", "per_channel", False, -8.0, 3, "int2", "int2", 2),
         Case(4, (17, 48, 5), True, "dynamic", "per_channel", False, 8.0, 2, "matmulnbits", "int4", 3),
         Case(2, (48, 3), False, "static", None, False, 0.0, 1, "int2", "int2", 4),
+        # found by the fuzz: XNNPACK over its max_rel on 1 and 4 outputs (1.0e-1, 7.7e-2)
+        Case(1.58, (29, 1), False, "dynamic", None, False, 0.0, 1, "int8", "int8", 2),
+        Case(1, (37, 4, 4), False, "dynamic", None, False, 0.0, 1, "int8", "int8", 1),
     ],
     ids=lambda c: f"p{c.precision}-{c.mode}-1e{c.log_scale:+.0f}",
 )
